@@ -1,0 +1,57 @@
+"""torchckpt: versioned, verified PyTorch training checkpoints on any fsspec storage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import errors
+from .errors import (
+    AsyncSaveError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    ChecksumMismatchError,
+    ManifestError,
+    ReadOnlyError,
+    StorageError,
+    UnsafeCheckpointError,
+)
+from .manager import CheckpointManager, VerifyReport
+from .records import Checkpoint, CheckpointInfo
+from .retention import RetentionPolicy
+
+__version__ = "0.1.0"
+
+
+def load_torchscript(url: str, *, map_location: Any = None, storage_options: Any = None) -> Any:
+    """Load an exported TorchScript artifact (eval mode) without the model's class."""
+    from .export import load_torchscript as _load
+
+    return _load(url, map_location=map_location, storage_options=storage_options)
+
+
+def load_program(url: str, *, map_location: Any = None, storage_options: Any = None) -> Any:
+    """Load a ``torch.export`` artifact; returns its module in eval mode."""
+    from .export import load_program as _load
+
+    return _load(url, map_location=map_location, storage_options=storage_options)
+
+
+__all__ = [
+    "CheckpointManager",
+    "RetentionPolicy",
+    "CheckpointInfo",
+    "Checkpoint",
+    "VerifyReport",
+    "errors",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "ChecksumMismatchError",
+    "UnsafeCheckpointError",
+    "ManifestError",
+    "StorageError",
+    "ReadOnlyError",
+    "AsyncSaveError",
+    "load_torchscript",
+    "load_program",
+    "__version__",
+]

@@ -1,0 +1,62 @@
+"""Named errors: every failure a user can act on is a ``CheckpointError``."""
+
+from __future__ import annotations
+
+
+class CheckpointError(Exception):
+    """Base class of every error torchckpt raises on purpose."""
+
+
+class CheckpointNotFoundError(CheckpointError, LookupError):
+    """A version selector matched nothing; the message names what exists."""
+
+
+class ChecksumMismatchError(CheckpointError):
+    """A stored file does not match the checksum recorded at commit."""
+
+    def __init__(self, file: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"checksum mismatch in {file}: expected {expected}, got {actual} "
+            "(the file is corrupt; restore another version or use fallback=True)"
+        )
+        self.file, self.expected, self.actual = file, expected, actual
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """Loading would need arbitrary pickle; refused unless trust_pickle=True."""
+
+
+class ManifestError(CheckpointError):
+    """The manifest is corrupt or from a newer torchckpt."""
+
+
+class StorageError(CheckpointError, OSError):
+    """The storage root cannot be reached or written."""
+
+
+class ReadOnlyError(CheckpointError):
+    """A write was attempted through a read-only manager."""
+
+
+class AsyncSaveError(CheckpointError):
+    """A background save failed; raised on the next save, wait() or close()."""
+
+
+class MissingObjectError(CheckpointError, KeyError):
+    """restore() was given an object name that the version did not save."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "ChecksumMismatchError",
+    "UnsafeCheckpointError",
+    "ManifestError",
+    "StorageError",
+    "ReadOnlyError",
+    "AsyncSaveError",
+    "MissingObjectError",
+]

@@ -1,0 +1,165 @@
+"""The manifest: a JSON index of committed versions, updated by compare-and-swap.
+
+Layout: ``{"format_version": 1, "generation": N, "versions": [record, ...]}`` with
+records in commit order (oldest first). It is only an index: ``rebuild`` recreates
+it from the immutable ``versions/<id>/meta.json`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import CheckpointError, ManifestError
+from .records import CheckpointInfo, check_version_id
+from .storage import STAGING_PREFIX, Storage
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+VERSIONS = "versions"
+META = "meta.json"
+FORMAT_VERSION = 1
+_CAS_ATTEMPTS = 50
+
+
+@dataclass
+class Manifest:
+    generation: int = 0
+    versions: list[CheckpointInfo] = field(default_factory=list)
+
+    def find(self, version: str) -> CheckpointInfo | None:
+        for info in self.versions:
+            if info.version == version:
+                return info
+        return None
+
+    def replace(self, info: CheckpointInfo) -> None:
+        self.versions = [info if v.version == info.version else v for v in self.versions]
+
+
+def version_dir(version: str) -> str:
+    return f"{VERSIONS}/{check_version_id(version)}"
+
+
+def encode(manifest: Manifest) -> bytes:
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "generation": manifest.generation,
+        "versions": [v.to_record() for v in manifest.versions],
+    }
+    return json.dumps(doc, indent=1, sort_keys=False).encode()
+
+
+def decode(data: bytes | None, storage: Storage) -> Manifest:
+    """Parse a manifest; anything unexpected is a ``ManifestError`` that says how to recover."""
+    if data is None:
+        return Manifest()
+    hint = f"run `torchckpt repair {storage.root_url}` to rebuild it from the versions' meta.json files"
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"manifest {storage.url(MANIFEST)} is not valid JSON ({exc}); {hint}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("versions"), list):
+        raise ManifestError(f"manifest {storage.url(MANIFEST)} has no version list; {hint}")
+    fmt = doc.get("format_version")
+    if not isinstance(fmt, int) or fmt > FORMAT_VERSION:
+        raise ManifestError(
+            f"manifest {storage.url(MANIFEST)} has format_version {fmt!r}, this torchckpt reads "
+            f"{FORMAT_VERSION}: upgrade torchckpt, or {hint}"
+        )
+    try:
+        versions = [CheckpointInfo.from_record(r, storage.url(version_dir(r["id"]))) for r in doc["versions"]]
+    except (CheckpointError, KeyError, TypeError) as exc:
+        raise ManifestError(f"manifest {storage.url(MANIFEST)} holds a bad record ({exc}); {hint}") from None
+    return Manifest(generation=int(doc.get("generation", 0)), versions=versions)
+
+
+def read(storage: Storage) -> Manifest:
+    """One read of the manifest: this is all ``list()``/``latest()`` cost."""
+    try:
+        data = storage.read_bytes(MANIFEST)
+    except FileNotFoundError:
+        data = None
+    return decode(data, storage)
+
+
+def update(
+    storage: Storage, change: Callable[[Manifest], Manifest | None], *, tolerate_corrupt: bool = False
+) -> Manifest:
+    """Apply ``change`` atomically; retried on a concurrent write so no writer's version is lost.
+
+    ``change`` may return ``None`` to leave the manifest as it is. ``tolerate_corrupt``
+    (for ``repair``) treats an unreadable manifest as empty instead of raising.
+    """
+    with storage.lock("manifest"):
+        for attempt in range(_CAS_ATTEMPTS):
+            data, token = storage.read_versioned(MANIFEST)
+            try:
+                current = decode(data, storage)
+            except ManifestError:
+                if not tolerate_corrupt:
+                    raise
+                current = Manifest()
+            new = change(current)
+            if new is None:
+                return current
+            new.generation = current.generation + 1
+            if storage.write_conditional(MANIFEST, encode(new), token):
+                return new
+            log.debug("manifest changed under us (attempt %d); retrying", attempt + 1)
+            time.sleep(min(1.0, 0.01 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.5))
+    raise ManifestError(f"could not update {storage.url(MANIFEST)}: too many concurrent writers, try again")
+
+
+def read_meta(storage: Storage, version: str) -> CheckpointInfo:
+    data = storage.read_bytes(f"{version_dir(version)}/{META}")
+    try:
+        rec = json.loads(data)
+    except ValueError as exc:
+        raise CheckpointError(f"{storage.url(version_dir(version))}/{META} is not valid JSON: {exc}") from None
+    info = CheckpointInfo.from_record(rec, storage.url(version_dir(version)))
+    if info.version != version:
+        raise CheckpointError(f"{storage.url(version_dir(version))}/{META} names another version {info.version!r}")
+    return info
+
+
+def committed_ids(storage: Storage) -> tuple[list[str], list[str]]:
+    """Version folders with a ``meta.json`` (committed) and without (leftovers), by listing."""
+    committed, leftovers = [], []
+    for name in storage.list_names(VERSIONS):
+        if name.startswith(STAGING_PREFIX):
+            leftovers.append(name)
+            continue
+        try:
+            check_version_id(name)
+        except CheckpointError:
+            log.warning("ignoring unexpected entry %s under versions/", name)
+            continue
+        (committed if storage.exists(f"{VERSIONS}/{name}/{META}") else leftovers).append(name)
+    return committed, leftovers
+
+
+def rebuild(storage: Storage) -> Manifest:
+    """Recreate the manifest from ``meta.json`` files, keeping pins and exports it still knows."""
+
+    def change(old: Manifest) -> Manifest:
+        infos = []
+        for vid in committed_ids(storage)[0]:
+            try:
+                info = read_meta(storage, vid)
+            except (CheckpointError, FileNotFoundError) as exc:
+                log.warning("skipping version %s: %s", vid, exc)
+                continue
+            known = old.find(vid)
+            if known is not None:
+                info = info.with_(pinned=known.pinned, exports=known.exports)
+            infos.append(info)
+        infos.sort(key=lambda i: (i.created_at, i.version))
+        return Manifest(generation=old.generation, versions=infos)
+
+    return update(storage, change, tolerate_corrupt=True)
