@@ -33,14 +33,22 @@ from .errors import (
 )
 from .records import Checkpoint, CheckpointInfo, check_version_id, new_version_id
 from .retention import RetentionPolicy
-from .serialization import MapLocation, capture, check_safe, load_from, open_verified, save_pickled, save_to
+from .serialization import (
+    MODULE_FILE,
+    MapLocation,
+    capture,
+    check_safe,
+    load_from,
+    open_verified,
+    read_payload,
+    save_pickled,
+    write_payload,
+)
 from .storage import STAGING_PREFIX, Storage
 
 log = logging.getLogger(__name__)
 
 Selector = Union[str, int, CheckpointInfo]
-STATE_FILE = "state.pt"
-MODULE_FILE = "module.pt"
 PAYLOAD_VERSION = 1
 #: Failures that mean "this version's data is unusable" (for ``fallback`` and ``verify``).
 DATA_ERRORS = (CheckpointError, FileNotFoundError, RuntimeError, EOFError, ValueError, OSError)
@@ -172,9 +180,7 @@ class CheckpointManager:
         vid = new_version_id(step, created)
         writer = self.storage.version_writer(mf.version_dir(vid))
         try:
-            files: dict[str, dict[str, Any]] = {}
-            with writer.open(STATE_FILE) as f:
-                files[STATE_FILE] = save_to(payload, f)
+            files = write_payload(writer, payload, self.format)
             if module is not None:
                 with writer.open(MODULE_FILE) as f:
                     if isinstance(module, bytes):
@@ -267,14 +273,9 @@ class CheckpointManager:
     def _read_payload(
         self, info: CheckpointInfo, map_location: MapLocation, verify: bool, trust_pickle: bool = False
     ) -> dict[str, Any]:
-        rel = f"{mf.version_dir(info.version)}/{STATE_FILE}"
-        source = open_verified(self.storage, rel, info.files.get(STATE_FILE), verify=verify)
-        payload = load_from(
-            source, map_location=map_location, trust_pickle=trust_pickle, mmap=True, what=self.storage.url(rel)
+        return read_payload(
+            self.storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle
         )
-        if not isinstance(payload, dict) or "objects" not in payload:
-            raise CheckpointError(f"{self.storage.url(rel)} is not a torchckpt state file")
-        return payload
 
     def load(
         self, version: Selector = "latest", *, map_location: MapLocation = None, verify: bool = True,

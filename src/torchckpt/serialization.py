@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 MapLocation = Union[None, str, torch.device, Mapping[str, str], Callable[..., Any]]
 
+STATE_FILE = "state.pt"
+MODULE_FILE = "module.pt"
 _CONFIG_LOCK = threading.Lock()
 _SAFE_LEAVES = (int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
@@ -175,3 +177,24 @@ def _compare(url: str, expected: Mapping[str, Any], actual: str, size: int) -> N
         raise ChecksumMismatchError(url, f"{want} ({expected.get('size')} bytes)", f"{actual} ({size} bytes)")
     if want and want != actual:
         raise ChecksumMismatchError(url, want, actual)
+
+
+# ----- one version's payload (the format switch lives here, not in the manager) -----------------
+def write_payload(writer: Any, payload: dict[str, Any], format: str) -> dict[str, dict[str, Any]]:
+    """Write a version's state through a ``VersionWriter``; returns ``{file: {size, checksum}}``."""
+    with writer.open(STATE_FILE) as f:
+        return {STATE_FILE: save_to(payload, f)}
+
+
+def read_payload(
+    storage: Any, info: Any, *, map_location: MapLocation, verify: bool, trust_pickle: bool = False
+) -> dict[str, Any]:
+    """Read back what ``write_payload`` wrote for ``info``, verified unless ``verify=False``."""
+    rel = f"versions/{info.version}/{STATE_FILE}"
+    source = open_verified(storage, rel, info.files.get(STATE_FILE), verify=verify)
+    payload = load_from(source, map_location=map_location, trust_pickle=trust_pickle, mmap=True, what=storage.url(rel))
+    if not isinstance(payload, dict) or "objects" not in payload:
+        from .errors import CheckpointError
+
+        raise CheckpointError(f"{storage.url(rel)} is not a torchckpt state file")
+    return payload

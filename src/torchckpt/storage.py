@@ -48,7 +48,6 @@ def _s3_defaults(options: dict[str, Any]) -> dict[str, Any]:
     config = dict(_S3_DEFAULT_CONFIG)
     config.update(options.get("config_kwargs") or {})
     options["config_kwargs"] = config
-    options.setdefault("retries", 2)
     return options
 
 
