@@ -46,6 +46,8 @@ class RetentionPolicy:
                 raise ValueError(f"keep_interval must be a positive duration, got {self.keep_interval!r}")
         if self.mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
+        if self.metric is not None and (not isinstance(self.metric, str) or not self.metric):
+            raise ValueError(f"metric must be a non-empty metric name, got {self.metric!r}")
         if self.keep_best is not None and not self.metric:
             raise ValueError("keep_best needs metric=NAME (the metric to rank versions by)")
 
@@ -82,9 +84,12 @@ class RetentionPolicy:
                     seen.add(bucket)
                     keep.add(v.version)
         if self.keep_best is not None:
-            ranked = [v for v in versions if _metric(v, self.metric) is not None]
-            ranked.sort(key=lambda v: _metric(v, self.metric), reverse=self.mode == "max")  # type: ignore[arg-type,return-value]
-            keep.update(v.version for v in ranked[: self.keep_best])
+            # Ties go to the newer version, as in ``CheckpointManager.best()``, so the
+            # version ``best()`` names is always one the best rule keeps.
+            sign = 1.0 if self.mode == "min" else -1.0
+            ranked = [(sign * m, -i, v) for i, v in enumerate(versions) if (m := _metric(v, self.metric)) is not None]
+            ranked.sort(key=lambda r: (r[0], r[1]))
+            keep.update(r[2].version for r in ranked[: self.keep_best])
             only_rule = self.keep_last is None and self.keep_every_n_steps is None and self.keep_interval is None
             if only_rule:  # the best rule alone never evicts what it cannot rank
                 keep.update(v.version for v in versions if _metric(v, self.metric) is None)
