@@ -474,7 +474,10 @@ class CheckpointManager:
             age = now - (_started_at(name) or self.storage.modified(f"{mf.VERSIONS}/{name}") or now)
             if age >= grace:
                 stale.append(f"{mf.VERSIONS}/{name}")
-        listed = {v.version for v in self.list()}
+        for name in self.storage.list_names(""):  # interrupted atomic writes: .<file>.<random>.tmp
+            if name.startswith(".") and name.endswith(".tmp"):
+                if now - (self.storage.modified(name) or now) >= grace:
+                    stale.append(name)
         committed = set(mf.committed_ids(self.storage)[0])
         for name in self.storage.list_names("exports"):
             if name not in listed and name not in committed:
@@ -506,9 +509,12 @@ class CheckpointManager:
 # ----- helpers -------------------------------------------------------------------------------------------
 def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     clean: dict[str, float] = {}
+        listed = {v.version for v in self.list()}
     for key, value in dict(metrics or {}).items():
         if isinstance(value, torch.Tensor):
             value = value.item()
+            if name in listed:  # indexed but its meta.json is gone: verify reports it, repair restores it
+                continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"metric {key!r} must be a number, got {type(value).__name__}")
         clean[str(key)] = value
