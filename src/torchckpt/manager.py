@@ -141,6 +141,10 @@ class CheckpointManager:
             raise ValueError(f"epoch must be an int or None, got {epoch!r}")
         if not objects:
             raise ValueError("nothing to save: pass objects by name, e.g. save(step, model=net)")
+        if self.format == "safetensors":  # names become file names: refuse bad ones before any work
+            from .safetensors_format import check_object_names
+
+            check_object_names(objects)
         if whole_model and "model" not in objects:
             raise ValueError("whole_model=True needs the module passed as model=...")
         metrics_clean = _clean_metrics(metrics)
@@ -216,7 +220,12 @@ class CheckpointManager:
             "saved %s (%.1f MB) to %s in %.2fs", vid, info.size_bytes / 1e6, self.root_url, time.perf_counter() - started
         )
         if self.retention is not None:
-            self.prune()
+            # The version is committed: a failed prune must not make the save look failed
+            # (the caller would retry and duplicate it); the next save or ``prune`` retries.
+            try:
+                self.prune()
+            except Exception as exc:
+                log.warning("retention after saving %s failed (will retry on the next save): %s", vid, exc)
         return info
 
     # ----- reading ----------------------------------------------------------------------------------

@@ -182,6 +182,10 @@ def _compare(url: str, expected: Mapping[str, Any], actual: str, size: int) -> N
 # ----- one version's payload (the format switch lives here, not in the manager) -----------------
 def write_payload(writer: Any, payload: dict[str, Any], format: str) -> dict[str, dict[str, Any]]:
     """Write a version's state through a ``VersionWriter``; returns ``{file: {size, checksum}}``."""
+    if format == "safetensors":  # tensors to <name>.safetensors, the rest to state.pt
+        from . import safetensors_format
+
+        return safetensors_format.write_payload(writer, payload, STATE_FILE, save_to)
     with writer.open(STATE_FILE) as f:
         return {STATE_FILE: save_to(payload, f)}
 
@@ -197,4 +201,8 @@ def read_payload(
         from .errors import CheckpointError
 
         raise CheckpointError(f"{storage.url(rel)} is not a torchckpt state file")
+    if getattr(info, "format", "torch") == "safetensors":
+        from . import safetensors_format
+
+        payload = safetensors_format.read_payload(storage, info, payload, map_location=map_location, verify=verify)
     return payload
