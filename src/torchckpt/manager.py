@@ -404,11 +404,12 @@ class CheckpointManager:
     def prune(self, policy: RetentionPolicy | None = None, *, dry_run: bool = False) -> list[CheckpointInfo]:
         """Apply a retention policy (default: the manager's); returns what was (or would be) removed."""
         policy = policy or self.retention
+        if not dry_run:
+            self._check_writable()  # even with no policy: every write of a read-only manager raises
         if policy is None:
             return []
         if dry_run:
             return policy.to_remove(self.list())
-        self._check_writable()
         return self._remove(None, policy)
 
     def _remove(self, chosen: list[CheckpointInfo] | None, policy: RetentionPolicy | None = None) -> list[CheckpointInfo]:
@@ -503,6 +504,7 @@ class CheckpointManager:
 
     # ----- exports (see export.py) ---------------------------------------------------------------------
     def export_torchscript(self, model: torch.nn.Module, version: Selector = "latest", **kwargs: Any) -> str:
+        self._check_writable()
         from .export import export_torchscript
 
         return export_torchscript(self, model, version, **kwargs)
@@ -510,6 +512,7 @@ class CheckpointManager:
     def export_program(
         self, model: torch.nn.Module, example_inputs: tuple[Any, ...], version: Selector = "latest", **kwargs: Any
     ) -> str:
+        self._check_writable()
         from .export import export_program
 
         return export_program(self, model, example_inputs, version, **kwargs)

@@ -48,9 +48,22 @@ def capture(name: str, obj: Any) -> Any:
     )
 
 
+def _allowlisted(cls: type) -> bool:
+    """A tensor subclass ``weights_only`` loads: registered with ``add_safe_globals`` (DTensor, NJT, ...)."""
+    return any((g[0] if isinstance(g, tuple) else g) is cls for g in torch.serialization.get_safe_globals())
+
+
 def check_safe(value: Any, where: str) -> None:
     """Refuse, before writing, anything ``weights_only`` loading could not read back."""
-    if isinstance(value, torch.Tensor) or isinstance(value, _SAFE_LEAVES):
+    if isinstance(value, torch.Tensor):
+        if type(value) in (torch.Tensor, torch.nn.Parameter) or _allowlisted(type(value)):
+            return
+        raise TypeError(
+            f"{where} is a tensor subclass {type(value).__module__}.{type(value).__qualname__}, which a safe "
+            "(weights_only) load cannot read back: store a plain tensor (.as_subclass(torch.Tensor)) or "
+            "register the class with torch.serialization.add_safe_globals"
+        )
+    if isinstance(value, _SAFE_LEAVES):
         return
     if isinstance(value, Mapping):
         for k, v in value.items():
