@@ -44,6 +44,9 @@ class AsyncSaver:
         self._pending: Future[Any] | None = None
         self._error: BaseException | None = None
         self._lock = threading.Lock()
+        from .staging import StagingPool
+
+        self.staging = StagingPool()  # host buffers reused by every async save of this saver
 
     def submit(self, fn: Callable[[], T], blocked_s: float) -> "Future[T]":
         self.wait()  # one save in flight; surfaces an earlier failure first
@@ -86,3 +89,4 @@ class AsyncSaver:
             self.wait()
         finally:
             self._pool.shutdown(wait=True)
+            self.staging.clear()

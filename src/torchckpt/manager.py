@@ -160,11 +160,12 @@ class CheckpointManager:
         if not run_async:
             self.wait()
             return self._write(payload, module, **args)
-        started = time.perf_counter()
-        staged = snapshot(payload)
-        module_bytes = _pickle_module(module) if module is not None else None
         if self._saver is None:
             self._saver = AsyncSaver()
+        self._saver.wait()  # one save in flight, and its staging buffers are about to be reused
+        started = time.perf_counter()
+        staged = self._saver.staging.snapshot(payload)  # one copy into reused (pinned for CUDA) buffers
+        module_bytes = _pickle_module(module) if module is not None else None
         return self._saver.submit(
             lambda: self._write(staged, module_bytes, **args), blocked_s=time.perf_counter() - started
         )

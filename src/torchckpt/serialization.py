@@ -174,10 +174,22 @@ def open_verified(
     if storage.is_local:
         path = storage.path(rel)
         if verify and expected:
-            with open(path, "rb") as f:
-                actual, size = checksum_stream(f)
+            from .hashing import checksum_file  # hashed from a memory map: no read() copy
+
+            actual, size = checksum_file(path)
             _compare(storage.url(rel), expected, actual, size)
         return path
+    if getattr(storage, "is_s3", False) and expected and int(expected.get("size", 0)) >= 8 << 20:
+        from . import s3_transfer
+
+        try:  # one preallocated buffer, no joined second copy (see s3_transfer.fetch)
+            buf = s3_transfer.fetch(storage.fs, storage.path(rel), int(expected["size"]))
+        except s3_transfer.SizeMismatch:
+            buf = None  # fall through: the plain read reports the size mismatch below
+        if buf is not None:
+            if verify:
+                _compare(storage.url(rel), expected, checksum_bytes(buf), len(buf))
+            return s3_transfer.BufferReader(buf)
     data = storage.read_bytes(rel)
     if verify and expected:
         _compare(storage.url(rel), expected, checksum_bytes(data), len(data))

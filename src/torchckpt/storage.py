@@ -195,6 +195,10 @@ class Storage:
         if self.is_local:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             return open(target, "wb")
+        if self.is_s3:  # concurrent multipart upload from a bounded buffer pool (s3fs's is sequential)
+            from .s3_transfer import S3MultipartWriter
+
+            return S3MultipartWriter(self.fs, target)
         return self.fs.open(target, "wb")
 
     def remove(self, rels: list[str], *, recursive: bool = True) -> None:

@@ -1,0 +1,95 @@
+"""Reusable host buffers for async saves: the caller pays one memcpy, no allocation.
+
+``StagingPool.snapshot(state)`` copies every tensor of ``state`` into a CPU buffer
+kept from the previous save (same path in the state tree, same shape and dtype),
+allocating only what is new or changed and dropping buffers no longer used. CUDA
+tensors are staged into pinned memory with asynchronous copies and one
+synchronisation at the end, so the returned snapshot is complete and training may
+mutate the originals as soon as ``snapshot`` returns.
+
+The pool's buffers are reused by the next snapshot, so a caller must not take a new
+snapshot while a previous one is still being written (``AsyncSaver`` keeps one save
+in flight and waits before staging).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+Path = tuple[Any, ...]
+
+
+def _stageable(t: torch.Tensor) -> bool:
+    """Plain dense tensors (and Parameters) go to a reused buffer; exotic ones are cloned."""
+    return (
+        t.layout == torch.strided
+        and not t.is_quantized
+        and not getattr(t, "is_nested", False)
+        and (type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter))
+        and t.device.type != "meta"
+    )
+
+
+class StagingPool:
+    """CPU copies of a state's tensors, reused across snapshots and resized when shapes change."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[Path, torch.Tensor] = {}
+        self._lock = threading.Lock()
+        self.allocated_bytes = 0  # bytes allocated by the latest snapshot (0 when fully reused)
+
+    @property
+    def nbytes(self) -> int:
+        """Host memory the pool holds."""
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def buffer(self, path: Path) -> torch.Tensor | None:
+        return self._buffers.get(path)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._buffers.clear()
+
+    def snapshot(self, value: Any) -> Any:
+        """A copy of ``value`` whose tensors live in this pool's buffers (on the CPU)."""
+        with self._lock:
+            used: set[Path] = set()
+            cuda_devices: set[torch.device] = set()
+            self.allocated_bytes = 0
+            out = self._copy(value, (), used, cuda_devices)
+            for dev in cuda_devices:  # async copies into pinned memory: wait once for all of them
+                torch.cuda.synchronize(dev)
+            for stale in set(self._buffers) - used:
+                del self._buffers[stale]
+            return out
+
+    def _copy(self, value: Any, path: Path, used: set[Path], cuda: set[torch.device]) -> Any:
+        if isinstance(value, torch.Tensor):
+            return self._stage(value.detach(), path, used, cuda)
+        if isinstance(value, dict):
+            items = [(k, self._copy(v, path + (k,), used, cuda)) for k, v in value.items()]
+            return OrderedDict(items) if isinstance(value, OrderedDict) else dict(items)
+        if isinstance(value, list):
+            return [self._copy(v, path + (i,), used, cuda) for i, v in enumerate(value)]
+        if isinstance(value, tuple) and not hasattr(value, "_fields"):
+            return tuple(self._copy(v, path + (i,), used, cuda) for i, v in enumerate(value))
+        return value
+
+    def _stage(self, t: torch.Tensor, path: Path, used: set[Path], cuda: set[torch.device]) -> torch.Tensor:
+        if not _stageable(t):
+            return t.to("cpu", copy=True)
+        is_cuda = t.device.type == "cuda"
+        buf = self._buffers.get(path)
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or (is_cuda and not buf.is_pinned()):
+            buf = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=is_cuda)
+            self._buffers[path] = buf
+            self.allocated_bytes += buf.numel() * buf.element_size()
+        used.add(path)
+        buf.copy_(t, non_blocking=is_cuda)
+        if is_cuda:
+            cuda.add(t.device)
+        return buf
