@@ -21,6 +21,9 @@ class ChecksumMismatchError(CheckpointError):
         )
         self.file, self.expected, self.actual = file, expected, actual
 
+    def __reduce__(self) -> tuple:  # picklable: DCP ships a rank's failure to the other ranks
+        return (type(self), (self.file, self.expected, self.actual))
+
 
 class UnsafeCheckpointError(CheckpointError):
     """Loading would need arbitrary pickle; refused unless trust_pickle=True."""

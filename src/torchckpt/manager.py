@@ -151,6 +151,21 @@ class CheckpointManager:
         tags_clean = tuple(str(t) for t in tags)
         extra_clean = dict(extra or {})
         check_safe(extra_clean, "extra")
+        if self.distributed is not False:  # sharded state / distributed=True: every rank saves through DCP
+            from . import distributed as shard
+
+            if shard.wants_sharded(self.distributed, objects, extra_clean):
+                if whole_model:
+                    raise ValueError("whole_model=True is not supported for sharded (distributed) saves")
+                self.wait()
+                info = shard.save_sharded(
+                    self, objects, step=step, epoch=epoch, metrics=metrics_clean, tags=tags_clean, extra=extra_clean
+                )
+                if self.async_save if blocking is None else not blocking:  # collective: always synchronous
+                    done: Future[CheckpointInfo] = Future()
+                    done.set_result(info)
+                    return done
+                return info
         states = {name: capture(name, obj) for name, obj in objects.items()}
         check_safe(states, "state")
         payload = {"torchckpt": PAYLOAD_VERSION, "objects": states, "extra": extra_clean, "rng": rng.capture()}
@@ -283,6 +298,10 @@ class CheckpointManager:
     def _read_payload(
         self, info: CheckpointInfo, map_location: MapLocation, verify: bool, trust_pickle: bool = False
     ) -> dict[str, Any]:
+        if info.layout == "dcp":  # sharded version: read whole into this process (see distributed.py)
+            from .distributed import read_full
+
+            return read_full(self, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle)
         return read_payload(
             self.storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle
         )
@@ -321,9 +340,18 @@ class CheckpointManager:
         payload: dict[str, Any] | None = None
         for info in candidates:
             try:
+                if info.layout == "dcp":  # sharded: DCP loads into the live objects (collective, reshards)
+                    from .distributed import restore_sharded
+
+                    ckpt = restore_sharded(
+                        self, info, objects, strict=strict, restore_rng=restore_rng, verify=verify,
+                        trust_pickle=trust_pickle,
+                    )
+                    log.info("restored sharded %s from %s", info.version, self.root_url)
+                    return ckpt
                 payload = self._read_payload(info, map_location, verify, trust_pickle)
                 break
-            except UnsafeCheckpointError:
+            except (UnsafeCheckpointError, MissingObjectError):
                 raise
             except DATA_ERRORS as exc:
                 if not fallback:

@@ -30,6 +30,10 @@ def _walk(prefix: str, value: Any) -> Iterator[TensorSummary]:
 def tensor_summary(manager: Any, version: Any = "latest") -> list[TensorSummary]:
     """Every tensor of a version's saved objects (loaded onto the CPU, checksum verified)."""
     info = manager.info(version)
+    if info.layout == "dcp":  # sharded: full shapes come from DCP's metadata, no tensor is read
+        from .distributed import tensor_entries
+
+        return [TensorSummary(*entry) for entry in tensor_entries(manager, info)]
     if info.format == "safetensors":  # shapes from state.pt + the files' headers, no tensor data read
         from .safetensors_format import summarize
 
