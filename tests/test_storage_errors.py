@@ -1,0 +1,121 @@
+"""An unusable root fails at once with ``StorageError`` naming the URL; the ways to name a root.
+
+No wall-clock assertions: an unreachable endpoint must raise (the bounded retry
+is what lets it), not hang.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+
+import boto3
+import fsspec
+import pytest
+import torch
+
+from torchckpt import CheckpointManager
+from torchckpt.errors import CheckpointError, StorageError
+
+
+def _put_file_at_root(backend) -> None:
+    if backend.kind == "s3":
+        bucket, key = backend.url[len("s3://"):].split("/", 1)
+        endpoint = backend.storage_options["client_kwargs"]["endpoint_url"]
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").put_object(Bucket=bucket, Key=key, Body=b"x")
+    else:
+        fs, path = fsspec.core.url_to_fs(backend.url)
+        fs.makedirs(os.path.dirname(path.rstrip("/")), exist_ok=True)
+        fs.pipe_file(path, b"not a folder")
+
+
+def test_file_where_the_root_folder_should_be(backend):
+    _put_file_at_root(backend)
+    for kwargs in ({}, {"read_only": True}):
+        with pytest.raises(StorageError) as err:
+            backend.manager(**kwargs)
+        msg = str(err.value)
+        assert backend.url.split("://")[-1].rstrip("/") in msg
+        assert "file" in msg
+        assert isinstance(err.value, CheckpointError) and isinstance(err.value, OSError)
+
+
+def test_file_where_a_parent_folder_should_be(tmp_path):
+    (tmp_path / "blocker").write_text("x")
+    with pytest.raises(StorageError, match="blocker"):
+        CheckpointManager(tmp_path / "blocker" / "ckpt")
+
+
+def test_read_only_on_missing_local_root(tmp_path):
+    missing = tmp_path / "nothing-here"
+    with pytest.raises(StorageError, match="nothing-here"):
+        CheckpointManager(missing, read_only=True)
+    assert not missing.exists()  # a reader creates nothing
+
+
+def test_missing_bucket(s3_endpoint):
+    url = "s3://no-such-bucket-torchckpt/run"
+    with pytest.raises(StorageError) as err:
+        CheckpointManager(url, storage_options={"client_kwargs": {"endpoint_url": s3_endpoint}})
+    assert "no-such-bucket-torchckpt" in str(err.value)
+    assert url in str(err.value)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_endpoint_raises_instead_of_hanging():
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    url = "s3://some-bucket/run"
+    with pytest.raises(StorageError) as err:
+        CheckpointManager(url, storage_options={"client_kwargs": {"endpoint_url": endpoint}})
+    assert url in str(err.value)
+
+
+def test_bucket_deleted_under_a_manager(s3_backend):
+    mgr = s3_backend.manager()
+    mgr.save(1, w=torch.zeros(1))
+    bucket = s3_backend.url[len("s3://"):].split("/", 1)[0]
+    endpoint = s3_backend.storage_options["client_kwargs"]["endpoint_url"]
+    s3 = boto3.resource("s3", endpoint_url=endpoint, region_name="us-east-1").Bucket(bucket)
+    s3.objects.all().delete()
+    s3.delete()
+    with pytest.raises(StorageError):
+        mgr.save(2, w=torch.zeros(1))
+
+
+# ----- ways to name a root ----------------------------------------------------------------------
+def test_root_as_pathlike_and_relative_path(tmp_path, monkeypatch):
+    mgr = CheckpointManager(pathlib.Path(tmp_path) / "p")
+    info = mgr.save(1, w=torch.ones(1))
+    monkeypatch.chdir(tmp_path)
+    rel = CheckpointManager("p", read_only=True)
+    assert rel.latest() == info and rel.root_url == mgr.root_url
+    assert (tmp_path / "p" / "manifest.json").is_file()
+    assert (tmp_path / "p" / "versions" / info.version / "meta.json").is_file()
+
+
+def test_default_root_is_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    CheckpointManager().save(1, w=torch.ones(1))
+    assert (tmp_path / "checkpoints" / "manifest.json").is_file()
+
+
+def test_filesystem_instance_instead_of_scheme(memory_backend):
+    fs = fsspec.filesystem("memory")
+    path = memory_backend.url[len("memory://"):]
+    info = CheckpointManager(path, filesystem=fs).save(1, w=torch.ones(1))
+    assert memory_backend.manager().latest() == info
+
+
+def test_s3_endpoint_from_environment(s3_backend, monkeypatch):
+    info = s3_backend.manager().save(1, w=torch.ones(1))
+    for key, value in s3_backend.env.items():
+        monkeypatch.setenv(key, value)
+    mgr = CheckpointManager(s3_backend.url)  # no storage_options: AWS_ENDPOINT_URL is used
+    assert mgr.latest() == info
+    assert torch.equal(mgr.load()["w"], torch.ones(1))
