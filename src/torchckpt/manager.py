@@ -228,8 +228,9 @@ class CheckpointManager:
             writer.commit(mf.META, meta)
         except BaseException as exc:
             writer.abort()
-            if isinstance(exc, OSError) and not isinstance(exc, CheckpointError):
-                raise StorageError(f"saving step {step} to {self.root_url} failed: {exc}") from exc
+            cause = _storage_cause(exc)  # torch.save turns a failed write into a RuntimeError
+            if cause is not None and not isinstance(exc, CheckpointError):
+                raise StorageError(f"saving step {step} to {self.root_url} failed: {cause}") from exc
             raise
         mf.update(self.storage, lambda m: mf.Manifest(m.generation, m.versions + [info]))
         log.info(
@@ -590,6 +591,18 @@ def _load_into(name: str, obj: Any, state: Any, strict: bool) -> None:
                 obj[key] = value
     else:
         raise TypeError(f"cannot restore into {name}={type(obj).__name__}: expected state_dict owner, tensor or dict")
+
+
+def _storage_cause(exc: BaseException) -> OSError | None:
+    """The I/O error behind ``exc`` (itself, or one it was raised while handling), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _started_at(folder: str) -> float | None:
