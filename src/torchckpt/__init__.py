@@ -22,18 +22,22 @@ from .retention import RetentionPolicy
 __version__ = "0.1.0"
 
 
-def load_torchscript(url: str, *, map_location: Any = None, storage_options: Any = None) -> Any:
+def load_torchscript(url: str, *, map_location: Any = None, storage_options: Any = None, verify: bool = True) -> Any:
     """Load an exported TorchScript artifact (eval mode) without the model's class."""
     from .export import load_torchscript as _load
 
-    return _load(url, map_location=map_location, storage_options=storage_options)
+    return _load(url, map_location=map_location, storage_options=storage_options, verify=verify)
 
 
-def load_program(url: str, *, map_location: Any = None, storage_options: Any = None) -> Any:
-    """Load a ``torch.export`` artifact; returns its module in eval mode."""
+def load_program(
+    url: str, *, map_location: Any = None, storage_options: Any = None, verify: bool = True, trust_pickle: bool = False
+) -> Any:
+    """Load a ``torch.export`` artifact; returns its module in eval mode (unsafe archives refused)."""
     from .export import load_program as _load
 
-    return _load(url, map_location=map_location, storage_options=storage_options)
+    return _load(
+        url, map_location=map_location, storage_options=storage_options, verify=verify, trust_pickle=trust_pickle
+    )
 
 
 __all__ = [

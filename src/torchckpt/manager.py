@@ -508,9 +508,12 @@ class CheckpointManager:
         self._check_writable()
         grace = older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
         now = time.time()
+        listed = {v.version for v in self.list()}
         _, leftovers = mf.committed_ids(self.storage)
         stale = []
         for name in leftovers:
+            if name in listed:  # indexed but its meta.json is gone: verify reports it, repair restores it
+                continue
             age = now - (_started_at(name) or self.storage.modified(f"{mf.VERSIONS}/{name}") or now)
             if age >= grace:
                 stale.append(f"{mf.VERSIONS}/{name}")
@@ -551,7 +554,6 @@ class CheckpointManager:
 # ----- helpers -------------------------------------------------------------------------------------------
 def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     clean: dict[str, float] = {}
-        listed = {v.version for v in self.list()}
     for key, value in dict(metrics or {}).items():
         if isinstance(value, torch.Tensor):
             value = value.item()
