@@ -242,7 +242,7 @@ def _rewrite(data: bytes, change: Any) -> bytes:
 def _program_bytes(mgr: Any) -> tuple[str, bytes]:
     model = _net()
     info = mgr.save(1, model=model)
-    url = mgr.export_program(model, (X,))
+    mgr.export_program(model, (X,))
     return info.version, mgr.storage.read_bytes(f"exports/{info.version}/model.pt2")
 
 
@@ -265,9 +265,6 @@ def test_malicious_program_archives_are_refused(memory_backend: Any, tmp_path: A
             return json.dumps(cfg).encode()
         if name.endswith("data/weights/weight_0"):
             return evil
-        return content
-
-    def native_code(name: str, content: bytes) -> bytes:
         return content
 
     variants = {

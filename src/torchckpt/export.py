@@ -36,6 +36,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import posixpath
 import re
 import secrets
@@ -161,9 +162,10 @@ def _write_artifact(storage: Storage, rel: str, produce: Any) -> dict[str, Any]:
                 stream = _HashingStream(raw)
                 produce(stream)
                 record = stream.record()
+                if storage.is_local:  # on the disk before it gets its final name
+                    raw.flush()
+                    os.fsync(raw.fileno())
             if storage.is_local:
-                import os
-
                 os.replace(storage.path(target), storage.path(rel))
     except BaseException:
         if target != rel:
@@ -273,8 +275,6 @@ def export_program(
 # ----- loading ------------------------------------------------------------------------------------------
 def _locate(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Storage, str, tuple[str, str] | None]:
     """A storage, the artifact's path in it, and (version, name) when the URL is inside a torchckpt root."""
-    import os
-
     url = os.fspath(url)
     head, sep, tail = url.rpartition(f"/{EXPORTS}/")
     parts = tail.split("/")
