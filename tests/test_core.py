@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import xxhash
 
 from torchckpt import Checkpoint, CheckpointInfo
-from torchckpt.errors import CheckpointError, MissingObjectError
+from torchckpt.errors import CheckpointError, ManifestError, MissingObjectError
 
 # ----- the classic tutorial model ------------------------------------------------------------------
 _GEN = torch.Generator().manual_seed(1234)
@@ -329,3 +329,63 @@ def test_bad_arguments_rejected(backend):
     with pytest.raises(TypeError):
         mgr.save(1, w=object())
     assert mgr.list() == []
+
+
+def test_commit_order_data_then_meta_then_manifest(backend, monkeypatch):
+    """Spy on the protocol: data complete before meta.json, meta.json before the manifest lists it."""
+    from torchckpt import manifest as mf
+    from torchckpt.storage import VersionWriter
+
+    mgr = backend.manager()
+    first = mgr.save(0, w=torch.zeros(1))  # the manifest exists: listing is the manifest's
+    fs, root = fs_of(backend, mgr.root_url)
+    seen: dict[str, object] = {}
+    real_commit, real_update = VersionWriter.commit, mf.update
+
+    def commit(self, meta_name, meta):
+        folder = f"{root}/{self.work_dir}"
+        fs.invalidate_cache()
+        seen["at_commit"] = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False))
+        seen["state_size"] = fs.size(f"{folder}/state.pt")
+        seen["listed_at_commit"] = [v.version for v in backend.manager().list()]
+        seen["work_dir"], seen["final"] = self.work_dir, self.rel_dir
+        return real_commit(self, meta_name, meta)
+
+    def update(storage, change, **kw):
+        fs.invalidate_cache()
+        seen["meta_before_manifest"] = json.loads(fs.cat_file(f"{root}/{seen['final']}/meta.json"))
+        seen["listed_before_manifest"] = [v.version for v in backend.manager().list()]
+        return real_update(storage, change, **kw)
+
+    monkeypatch.setattr(VersionWriter, "commit", commit)
+    monkeypatch.setattr(mf, "update", update)
+    info = mgr.save(1, w=torch.ones(1000))
+
+    assert seen["at_commit"] == ["state.pt"]  # data complete, no meta.json yet
+    assert seen["state_size"] == info.files["state.pt"]["size"]
+    assert seen["listed_at_commit"] == [first.version] and seen["listed_before_manifest"] == [first.version]
+    if backend.kind == "local":  # written in a hidden staging folder, renamed into place at commit
+        assert seen["work_dir"].startswith("versions/.tmp-" + info.version + "-")
+    else:  # no rename on object stores: the final folder, meta.json last
+        assert seen["work_dir"] == f"versions/{info.version}"
+    assert seen["meta_before_manifest"]["id"] == info.version  # committed before it is listed
+    assert fs.exists(f"{root}/versions/{info.version}/meta.json")
+    assert [v.version for v in mgr.list()] == [first.version, info.version]
+
+
+def test_repair_rebuilds_a_corrupt_manifest(backend):
+    mgr = backend.manager()
+    a = mgr.save(1, w=torch.zeros(1), metrics={"m": 1.0}, tags=["x"])
+    b = mgr.save(2, w=torch.ones(1))
+    mgr.pin(a)
+    fs, root = fs_of(backend, mgr.root_url)
+    fs.pipe_file(f"{root}/manifest.json", b'{"format_version": 1, "versions": [{"id": ')
+    with pytest.raises(ManifestError, match="repair"):
+        backend.manager().list()
+    rebuilt = backend.manager().repair()
+    assert [v.version for v in rebuilt] == [a.version, b.version]
+    assert rebuilt[0].metrics == {"m": 1.0} and rebuilt[0].tags == ("x",) and rebuilt[0].files == a.files
+    assert torch.equal(backend.manager().load(a)["w"], torch.zeros(1))
+    # a repair over an existing manifest keeps pins
+    mgr.pin(a)
+    assert backend.manager().repair()[0].pinned is True
