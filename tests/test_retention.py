@@ -195,6 +195,8 @@ def test_prune_on_every_backend(backend: Any) -> None:
     from torchckpt.hashing import checksum_bytes
 
     mgr.storage.write_bytes(art.format(infos[0].version), b"artifact")
+    # ...and one the manifest never heard of (an export cut short before its record): it goes too.
+    mgr.storage.write_bytes(f"exports/{infos[3].version}/stray.pt", b"stray")
 
     def record(m: mf.Manifest) -> mf.Manifest:
         m.replace(m.find(infos[0].version).with_(exports={"weights.bin": {
@@ -216,6 +218,7 @@ def test_prune_on_every_backend(backend: Any) -> None:
         assert not mgr.storage.exists(f"versions/{gone.version}/meta.json")
         assert mgr.storage.list_names(f"versions/{gone.version}") == []
     assert not mgr.storage.exists(art.format(infos[0].version))
+    assert not mgr.storage.exists(f"exports/{infos[3].version}/stray.pt")
     assert mgr.storage.list_names(f"exports/{infos[0].version}") == []
     assert fresh.verify().ok
     # What is left restores; a second prune with the same policy removes nothing.

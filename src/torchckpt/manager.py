@@ -473,6 +473,9 @@ class CheckpointManager:
         self.storage.remove(files + exports, recursive=False)
         if not self.storage.is_s3:  # object stores have no empty folders to remove
             self.storage.remove(dirs + [f"exports/{i.version}" for i in infos])
+        else:  # artifacts the manifest does not name (an export cut short before its record) go too
+            unrecorded = set(self.storage.list_names("exports")) & {i.version for i in infos}
+            self.storage.remove(sorted(f"exports/{v}" for v in unrecorded))
 
     def verify(self, version: Selector | None = None) -> VerifyReport:
         """Check sizes and checksums of one version or of all; never raises for bad data."""
