@@ -4,7 +4,9 @@ Each spawn costs several seconds, so one spawn per backend runs every multi-rank
 check in sequence (save, agree on the id, restore in 2 ranks, per-rank values,
 a rank failing mid-save, retention on rank 0); the parent process then
 restores the same version into an unsharded model (resharding 2 -> 1) and runs
-the file-based operations (verify, show, list, copy, delete) on it.
+the file-based operations (verify, show, list, copy, delete) on it. The local run
+also restores a version one process saved (resharding 1 -> 2) and round-trips an
+FSDP2 (``fully_shard``) model.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def _check_equal(model: nn.Module, opt: torch.optim.Optimizer, expected: dict[st
         assert torch.equal(_full(st["exp_avg_sq"]), expected["exp_avg_sq"][names[id(p)]])
 
 
-def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_dir: str) -> None:
+def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_dir: str, single_url: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor
 
@@ -153,6 +155,35 @@ def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_di
         # 4. retention runs on rank 0 only (keep_last=2): step 1 goes, everyone sees the same list
         mgr.save(4, model=model, optimizer=opt2, epoch=2, extra=extra(4))
         assert [v.step for v in mgr.list()] == [2, 4]
+
+        # 5. resharding 1 -> 2: a version one process saved through DCP, restored into the shards
+        single = CheckpointManager(single_url)
+        model_1 = _shard(_plain_model(), mesh)
+        opt_1 = torch.optim.Adam(model_1.parameters(), lr=0.01)
+        single.restore(model=model_1, optimizer=opt_1)
+        _check_equal(model_1, opt_1, torch.load(os.path.join(out_dir, "single.pt")))
+
+        # 6. FSDP2 (fully_shard) on the CPU: its DTensor parameters and optimizer state round-trip
+        if not url.startswith("s3://"):  # once is enough
+            from torch.distributed.fsdp import fully_shard
+
+            fsdp = _plain_model()
+            for layer in fsdp:
+                if isinstance(layer, nn.Linear):
+                    fully_shard(layer, mesh=mesh)
+            fully_shard(fsdp, mesh=mesh)
+            fopt = torch.optim.Adam(fsdp.parameters(), lr=0.01)
+            fsdp(torch.ones(3, 6)).sum().backward()
+            fopt.step()
+            fmgr = CheckpointManager(os.path.join(single_url, "..", "fsdp"))
+            fmgr.save(1, model=fsdp, optimizer=fopt)
+            want = _expected(fsdp, fopt)
+            with torch.no_grad():
+                for p in fsdp.parameters():
+                    p.zero_()
+            fopt2 = torch.optim.Adam(fsdp.parameters(), lr=0.01)  # gradients still set: state must still load
+            fmgr.restore(model=fsdp, optimizer=fopt2)
+            _check_equal(fsdp, fopt2, want)
         with open(os.path.join(out_dir, f"ok{rank}"), "w") as f:
             json.dump({"version": info.version}, f)
     finally:
@@ -162,7 +193,14 @@ def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_di
 def _run_ranks(tmp_path: Path, url: str, options: dict[str, Any]) -> str:
     out = tmp_path / "out"
     out.mkdir()
-    mp.spawn(_worker, args=(str(tmp_path / "pg-init"), url, options, str(out)), nprocs=WORLD, join=True)
+    # a version saved by one process through DCP, for the ranks to reshard 1 -> 2
+    single_url = str(tmp_path / "single")
+    model = _plain_model()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    _train_step(model, opt, 5.0)
+    CheckpointManager(single_url, distributed=True).save(7, model=model, optimizer=opt)
+    torch.save(_expected(model, opt), out / "single.pt")
+    mp.spawn(_worker, args=(str(tmp_path / "pg-init"), url, options, str(out), single_url), nprocs=WORLD, join=True)
     results = [json.loads((out / f"ok{r}").read_text()) for r in range(WORLD)]
     assert results[0] == results[1]
     return results[0]["version"]

@@ -455,13 +455,37 @@ def _target(name: str, obj: Any, objects: Mapping[str, Any]) -> Any:
     if isinstance(obj, torch.optim.Optimizer):
         owner = _optimizer_owner(obj, objects)
         if owner is not None:
-            return get_optimizer_state_dict(owner, obj)  # initialises empty optimizer state
+            _init_optimizer_state(obj)
+            return get_optimizer_state_dict(owner, obj)
         return obj.state_dict()
     if isinstance(obj, torch.Tensor):
         return obj.detach()
     if isinstance(obj, Mapping):
         return {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in obj.items()}
     return _capture(name, obj, objects)
+
+
+def _init_optimizer_state(optim: torch.optim.Optimizer) -> None:
+    """Give a fresh optimizer its state tensors (DCP needs somewhere to load them into).
+
+    DCP's helper does a zero-lr step, but skips it when gradients exist, which would
+    silently drop the saved state: hide the gradients for the moment.
+    """
+    if optim.state:
+        return
+    try:
+        from torch.distributed.checkpoint.state_dict import _init_optim_state
+    except ImportError:  # pragma: no cover - get_optimizer_state_dict initialises it then
+        return
+    params = [p for g in optim.param_groups for p in g["params"]]
+    grads = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        _init_optim_state(optim)
+    finally:
+        for p, g in zip(params, grads):
+            p.grad = g
 
 
 # ----- save ------------------------------------------------------------------------------------------
@@ -493,6 +517,7 @@ def save_sharded(
     vid, created_iso, work_dir = _broadcast(plan, collective)
     created = datetime.fromisoformat(created_iso)
 
+    marks = [("id", time.perf_counter())]
     # 2. every rank's state; a local failure is shared before DCP starts, so no rank waits forever
     error: BaseException | None = None
     state: dict[str, Any] = {}
@@ -514,6 +539,7 @@ def save_sharded(
             raise error
         raise CheckpointError(f"sharded save of step {step} failed on another rank; nothing was committed")
 
+    marks.append(("state", time.perf_counter()))
     # 3. DCP writes the shards (each rank) and .metadata (coordinator)
     fs_writer = _Writer(storage, work_dir, sync_files=storage.is_local)
     try:
@@ -527,6 +553,7 @@ def save_sharded(
         raise
     del state
 
+    marks.append(("dcp", time.perf_counter()))
     # 4. rank 0 gathers every rank's file records and commits
     records: list[Any] = [None] * world
     if collective:
@@ -551,7 +578,10 @@ def save_sharded(
             raise local_error
         raise CheckpointError(f"committing sharded step {step} failed on rank 0: {payload}")
     info = CheckpointInfo.from_record(payload, storage.url(mf.version_dir(vid)))
-    log.info("saved sharded %s from %d rank(s) in %.2fs", vid, world, time.perf_counter() - started)
+    marks.append(("commit", time.perf_counter()))
+    log.info("saved sharded %s from %d rank(s) in %.2fs", vid, world, marks[-1][1] - started)
+    log.debug("rank %d phases: %s", rank, ", ".join(
+        f"{name} {t - prev:.3f}s" for (name, t), prev in zip(marks, [started] + [t for _, t in marks])))
 
     # 5. retention on rank 0 only; everybody leaves together
     if rank == 0 and manager.retention is not None:
@@ -616,7 +646,8 @@ def _commit(
     rec = info.to_record(with_index_fields=False)
     rec["world_size"] = world
     writer_v.commit(mf.META, json.dumps(rec, indent=1).encode())
-    mf.update(storage, lambda m: mf.Manifest(m.generation, m.versions + [info]))
+    # idempotent: a missing manifest is rebuilt from meta.json files, which already lists this one
+    mf.update(storage, lambda m: None if m.find(vid) else mf.Manifest(m.generation, m.versions + [info]))
     return info
 
 
@@ -744,10 +775,9 @@ def tensor_entries(manager: "CheckpointManager", info: CheckpointInfo) -> list[t
         if not isinstance(md, TensorStorageMetadata):
             continue
         path = tuple(planner_data.get(key, (key,)))
-        if path and path[0] == "objects":
-            path = path[1:]
-        elif path and path[0] in ("rng", "torchckpt"):
+        if not path or path[0] != "objects":  # like the single-file summary: saved objects only
             continue
+        path = path[1:]
         shape = tuple(int(s) for s in md.size)
         numel = 1
         for s in shape:
