@@ -560,8 +560,6 @@ def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
     for key, value in dict(metrics or {}).items():
         if isinstance(value, torch.Tensor):
             value = value.item()
-            if name in listed:  # indexed but its meta.json is gone: verify reports it, repair restores it
-                continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"metric {key!r} must be a number, got {type(value).__name__}")
         clean[str(key)] = value
