@@ -243,3 +243,33 @@ def test_async_save(memory_backend: Any) -> None:
     memory_backend.manager().restore(info.version, model=fresh)
     assert torch.equal(fresh.body.weight, model.body.weight)
     assert torch.equal(fresh.head.weight, model.emb.weight)
+
+
+def test_large_file_on_s3_uses_ranged_fetch(s3_backend: Any, monkeypatch: Any) -> None:
+    """Files of 8 MiB and more come from S3 straight into one buffer; checksums still apply."""
+    from torchckpt import s3_transfer
+
+    fetched: list[str] = []
+    real_fetch = s3_transfer.fetch
+
+    def spy(fs: Any, path: str, size: int, **kw: Any) -> Any:
+        fetched.append(path)
+        return real_fetch(fs, path, size, **kw)
+
+    monkeypatch.setattr(s3_transfer, "fetch", spy)
+    big = torch.randn(2304, 1024)  # 9 MiB
+    mgr = s3_backend.manager(format="safetensors")
+    info = mgr.save(1, model={"big": big, "small": torch.ones(3)})
+    assert info.files["model.safetensors"]["size"] > 8 << 20
+    got = mgr.load()["model"]
+    assert torch.equal(got["big"], big) and torch.equal(got["small"], torch.ones(3))
+    assert any(p.endswith("model.safetensors") for p in fetched)
+    rel = f"versions/{info.version}/model.safetensors"
+    data = bytearray(mgr.storage.read_bytes(rel))
+    data[-5] ^= 0xFF
+    mgr.storage.fs.pipe_file(mgr.storage.path(rel), bytes(data))
+    with pytest.raises(ChecksumMismatchError, match="model.safetensors"):
+        mgr.load()
+    mgr.storage.fs.pipe_file(mgr.storage.path(rel), bytes(data[: 1 << 20]))
+    with pytest.raises(ChecksumMismatchError, match="model.safetensors"):
+        mgr.load()
