@@ -26,6 +26,8 @@ from .async_save import AsyncSaver, snapshot
 from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
+    ChecksumMismatchError,
+    ManifestError,
     MissingObjectError,
     ReadOnlyError,
     StorageError,
@@ -232,7 +234,8 @@ class CheckpointManager:
             if cause is not None and not isinstance(exc, CheckpointError):
                 raise StorageError(f"saving step {step} to {self.root_url} failed: {cause}") from exc
             raise
-        mf.update(self.storage, lambda m: mf.Manifest(m.generation, m.versions + [info]))
+        # (already there when a lost manifest was just rebuilt from meta.json files, this one's included)
+        mf.update(self.storage, lambda m: None if m.find(vid) else mf.Manifest(m.generation, m.versions + [info]))
         log.info(
             "saved %s (%.1f MB) to %s in %.2fs", vid, info.size_bytes / 1e6, self.root_url, time.perf_counter() - started
         )
@@ -303,9 +306,14 @@ class CheckpointManager:
             from .distributed import read_full
 
             return read_full(self, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle)
-        return read_payload(
-            self.storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle
-        )
+        try:
+            return read_payload(
+                self.storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle
+            )
+        except FileNotFoundError as exc:  # a listed version lost a data file: as corrupt as a bad checksum
+            name = next((n for n in info.files if n in str(exc)), "a data file")
+            expected = str(info.files.get(name, {}).get("checksum", "a recorded file"))
+            raise ChecksumMismatchError(f"{info.url}/{name}", expected, "no such file") from exc
 
     def load(
         self, version: Selector = "latest", *, map_location: MapLocation = None, verify: bool = True,
@@ -327,7 +335,13 @@ class CheckpointManager:
         **objects: Any,
     ) -> Checkpoint:
         """Load a version's state into ``objects`` in place; see ``fallback`` for preemption."""
-        versions = self.list()
+        try:
+            versions = self.list()
+        except ManifestError as exc:
+            if not fallback:
+                raise
+            warnings.warn(f"{exc}; falling back to the versions' meta.json files", stacklevel=2)
+            versions = mf.scan(self.storage).versions
         try:
             chosen = self._resolve(version, versions)
         except CheckpointNotFoundError:
@@ -486,8 +500,14 @@ class CheckpointManager:
         for info in targets:
             report.checked.append(info.version)
             vdir = mf.version_dir(info.version)
-            if not self.storage.exists(f"{vdir}/{mf.META}"):
+            try:
+                meta = mf.read_meta(self.storage, info.version)
+                if meta.to_record(with_index_fields=False) != info.to_record(with_index_fields=False):
+                    report.problems.append((info.version, f"{mf.META} differs from the manifest's record"))
+            except FileNotFoundError:
                 report.problems.append((info.version, f"{mf.META} is missing"))
+            except CheckpointError as exc:
+                report.problems.append((info.version, f"{mf.META} is damaged: {exc}"))
             for name, expected in info.files.items():
                 rel = f"{vdir}/{name}"
                 try:

@@ -84,8 +84,27 @@ def read(storage: Storage) -> Manifest:
     try:
         data = storage.read_bytes(MANIFEST)
     except FileNotFoundError:
-        data = None
+        found = scan(storage)
+        if found.versions:
+            log.warning("%s is missing: listing %d version(s) from their meta.json", storage.url(MANIFEST), len(found.versions))
+        return found
     return decode(data, storage)
+
+
+def scan(storage: Storage) -> Manifest:
+    """The index derived from ``meta.json`` files, for a root whose manifest is missing.
+
+    A fresh root costs one listing of an empty ``versions/``. A root whose manifest
+    was lost still lists (and keeps, on the next update) its committed versions.
+    """
+    infos = []
+    for vid in committed_ids(storage)[0]:
+        try:
+            infos.append(read_meta(storage, vid))
+        except (CheckpointError, FileNotFoundError) as exc:
+            log.warning("skipping version %s: %s", vid, exc)
+    infos.sort(key=lambda i: (i.created_at, i.version))
+    return Manifest(versions=infos)
 
 
 def update(
@@ -100,14 +119,16 @@ def update(
         for attempt in range(_CAS_ATTEMPTS):
             data, token = storage.read_versioned(MANIFEST)
             try:
-                current = decode(data, storage)
+                current = decode(data, storage) if data is not None else scan(storage)
             except ManifestError:
                 if not tolerate_corrupt:
                     raise
                 current = Manifest()
             new = change(current)
             if new is None:
-                return current
+                if data is not None:
+                    return current
+                new = current  # a missing manifest is written, even when nothing changed
             new.generation = current.generation + 1
             if storage.write_conditional(MANIFEST, encode(new), token):
                 return new
@@ -145,21 +166,52 @@ def committed_ids(storage: Storage) -> tuple[list[str], list[str]]:
 
 
 def rebuild(storage: Storage) -> Manifest:
-    """Recreate the manifest from ``meta.json`` files, keeping pins and exports it still knows."""
+    """Recreate the manifest from ``meta.json`` files, keeping pins and exports it still knows.
+
+    A version the old manifest lists whose ``meta.json`` is missing or damaged stays
+    listed when its data files are all there with their recorded sizes, and its
+    ``meta.json`` is written again from that record; otherwise it is dropped.
+    """
+    restored: list[CheckpointInfo] = []
 
     def change(old: Manifest) -> Manifest:
         infos = []
-        for vid in committed_ids(storage)[0]:
+        restored.clear()
+        committed = set(committed_ids(storage)[0])
+        for vid in sorted(committed | {v.version for v in old.versions}):
+            known = old.find(vid)
             try:
                 info = read_meta(storage, vid)
             except (CheckpointError, FileNotFoundError) as exc:
-                log.warning("skipping version %s: %s", vid, exc)
-                continue
-            known = old.find(vid)
+                if known is None or not _data_present(storage, known):
+                    log.warning("skipping version %s: %s", vid, exc)
+                    continue
+                log.warning("version %s: %s; writing it again from the manifest's record", vid, exc)
+                restored.append(known)
+                info = known
             if known is not None:
                 info = info.with_(pinned=known.pinned, exports=known.exports)
             infos.append(info)
         infos.sort(key=lambda i: (i.created_at, i.version))
         return Manifest(generation=old.generation, versions=infos)
 
-    return update(storage, change, tolerate_corrupt=True)
+    result = update(storage, change, tolerate_corrupt=True)
+    for info in restored:  # after the update, so a concurrent change that dropped it wins
+        if result.find(info.version) is not None:
+            storage.write_bytes(f"{version_dir(info.version)}/{META}", meta_bytes(info))
+    return result
+
+
+def meta_bytes(info: CheckpointInfo) -> bytes:
+    """The ``meta.json`` content of a version (what ``save`` writes)."""
+    return json.dumps(info.to_record(with_index_fields=False), indent=1).encode()
+
+
+def _data_present(storage: Storage, info: CheckpointInfo) -> bool:
+    for name, rec in info.files.items():
+        try:
+            if storage.size(f"{version_dir(info.version)}/{name}") != int(rec.get("size", -1)):
+                return False
+        except (FileNotFoundError, CheckpointError):
+            return False
+    return bool(info.files)
