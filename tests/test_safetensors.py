@@ -204,10 +204,10 @@ def test_map_location(memory_backend: Any) -> None:
     assert stf._place(t, "cuda:7", {"cuda:7": "cpu"}).device.type == "cpu"
 
 
-def test_show_summary_reads_headers_only(memory_backend: Any, monkeypatch: Any) -> None:
+def test_show_summary_reads_headers_only(backend: Any, monkeypatch: Any) -> None:
     model, opt, _ = _trained()
-    torch_mgr = memory_backend.sub("torch").manager()
-    st_mgr = memory_backend.sub("st").manager(format="safetensors")
+    torch_mgr = backend.sub("torch").manager()
+    st_mgr = backend.sub("st").manager(format="safetensors")
     torch_mgr.save(1, model=model, optimizer=opt)
     st_mgr.save(1, model=model, optimizer=opt)
 
