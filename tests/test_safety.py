@@ -162,8 +162,9 @@ def test_fallback_restores_newest_older_good_version(backend):
     fs, folder = fs_of(backend, newest.url)
     fs.rm(f"{folder}/state.pt")  # the preemption case: data missing
 
-    with pytest.raises((FileNotFoundError, CheckpointError)):
-        mgr.restore()  # no fallback: the failure surfaces
+    with pytest.raises(ChecksumMismatchError, match="no such file") as err:
+        mgr.restore()  # no fallback: the failure surfaces, naming the lost file
+    assert err.value.file.endswith(f"{newest.version}/state.pt")
     target = torch.zeros(256)
     with pytest.warns(UserWarning) as record:
         ckpt = mgr.restore(w=target, fallback=True)
