@@ -168,6 +168,22 @@ def test_exports_travel_and_read_only_destination(tmp_path: Path, memory_backend
         copy_versions(src, memory_backend.manager(read_only=True))
 
 
+def test_real_torchscript_export_travels(tmp_path: Path, memory_backend: Any) -> None:
+    pytest.importorskip("torchckpt.export")
+    import torchckpt
+
+    src = CheckpointManager(tmp_path / "src")
+    infos = fill(src, 2)
+    src.export_torchscript(net(7), version=infos[0].version)
+    dst = memory_backend.manager()
+    copy_versions(src, dst)
+    url = dst.info(infos[0].version).url.replace("/versions/", "/exports/") + "/model.pt"
+    scripted = torchckpt.load_torchscript(url)  # checked against the destination's manifest
+    x = torch.randn(4, 32)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(0)(x))  # version 0's weights, not the model passed in
+
+
 def test_cli_copy(tmp_path: Path, s3_backend: Any) -> None:
     """Local -> S3 as a cron job (endpoint from AWS_ENDPOINT_URL only), then S3 -> local in-process."""
     src = CheckpointManager(tmp_path / "src")
@@ -220,3 +236,31 @@ def test_progress_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(cli_mod.sys, "stderr", io.StringIO())
     with cli_mod._progress(1 << 20, cli_mod.Opts()) as update:
         assert update is None
+
+
+def test_progress_bar_on_a_real_terminal(tmp_path: Path) -> None:
+    """Under a pseudo-terminal the CLI draws a tqdm bar on stderr (pipes get none: see test_cli_copy)."""
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import struct
+    import termios
+
+    src = CheckpointManager(tmp_path / "src")
+    fill(src, 2)
+    pid, fd = pty.fork()
+    if pid == 0:  # child: a 120-column terminal, then the command
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        os.execvp(sys.executable, [sys.executable, "-m", "torchckpt", "copy", str(tmp_path / "src"),
+                                   str(tmp_path / "dst")])
+    out = b""
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    assert b"copying: 100%" in out and b"copied 2 version(s)" in out

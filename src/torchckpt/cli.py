@@ -294,7 +294,8 @@ def show(root: str, version: str, tensors: bool, metric: str | None, mode: str, 
     info = resolve(mgr, version, metric, mode)
     summary = tensor_summary(mgr, info) if tensors else []
     if opts.json:
-        _emit_json({"version": record(info), "tensors": [
+        exports = {n: mgr.storage.url(f"exports/{info.version}/{n}") for n in info.exports}
+        _emit_json({"version": record(info), "export_urls": exports, "tensors": [
             {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "numel": t.numel} for t in summary]})
         return
     fields = [
@@ -311,8 +312,9 @@ def show(root: str, version: str, tensors: bool, metric: str | None, mode: str, 
     if info.exports:
         click.echo("exports:")
         for name, rec in info.exports.items():
-            url = rec.get("url", "") if isinstance(rec, dict) else ""
-            click.echo(f"  {name}  {url}".rstrip())
+            rec = rec if isinstance(rec, dict) else {}
+            url = mgr.storage.url(f"exports/{info.version}/{name}")
+            click.echo(f"  {name}  {rec.get('kind', '')}  {human_size(int(rec.get('size', 0)))}  {url}")
     if tensors:
         total = sum(t.numel for t in summary)
         click.echo(f"tensors: {len(summary)} ({total:,} elements)")
@@ -489,8 +491,15 @@ def copy(src: str, dst: str, versions: tuple[str, ...], src_storage_option: tupl
     dst_mgr = open_manager(dst, dst_opts, create=True)
     chosen = [resolve(src_mgr, v, metric, mode) for v in versions] if versions else None
     todo, skipped = plan_copy(src_mgr, dst_mgr, chosen)
-    with _progress(sum(copy_size(v) for v in todo), opts) as bar:
-        copied = copy_versions(src_mgr, dst_mgr, todo, progress=bar)
+    copied: list[Any] = []
+    try:
+        with _progress(sum(copy_size(v) for v in todo), opts) as bar:
+            for info in todo:  # one at a time, so a failure can still report what was committed
+                copied += copy_versions(src_mgr, dst_mgr, [info], progress=bar)
+    except BaseException:
+        for v in copied:
+            opts.say(f"copied  {v.version} (step {v.step}, {human_size(v.size_bytes)})")
+        raise
     if opts.json:
         _emit_json({"src": src_mgr.root_url, "dst": dst_mgr.root_url, "copied": [record(v) for v in copied],
                     "skipped": [v.version for v in skipped]})
