@@ -307,3 +307,30 @@ def test_malicious_pickle_in_torchscript_does_not_run(memory_backend: Any, tmp_p
         with pytest.raises(Exception):
             torchckpt.load_torchscript(mgr.storage.url(f"outside/{target}.pt"))
         assert not os.path.exists(marker), target
+
+
+def test_torchscript_saved_on_a_missing_device_loads_on_cpu(memory_backend: Any, monkeypatch: Any) -> None:
+    """map_location=None: an archive from a GPU machine still loads on a CPU-only one (simulated)."""
+    mgr = memory_backend.manager()
+    model = _net()
+    mgr.save(1, model=model)
+    url = mgr.export_torchscript(model)
+    real_load = torch.jit.load
+    calls: list[Any] = []
+
+    def gpu_archive(f: Any, map_location: Any = None, **kw: Any) -> Any:
+        calls.append(map_location)
+        if map_location is None:
+            raise RuntimeError("Attempting to deserialize object on a CUDA device but torch.cuda.is_available() is False")
+        return real_load(f, map_location=map_location, **kw)
+
+    monkeypatch.setattr(torch.jit, "load", gpu_archive)
+    loaded = torchckpt.load_torchscript(url)
+    assert calls == [None, "cpu"] and not loaded.training
+
+    def corrupt(f: Any, map_location: Any = None, **kw: Any) -> Any:
+        raise RuntimeError("PytorchStreamReader failed reading zip archive")
+
+    monkeypatch.setattr(torch.jit, "load", corrupt)  # other failures are reported, not retried
+    with pytest.raises(CheckpointError, match="not a loadable TorchScript"):
+        torchckpt.load_torchscript(url)
