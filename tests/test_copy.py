@@ -264,3 +264,19 @@ def test_progress_bar_on_a_real_terminal(tmp_path: Path) -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, out
     assert b"copying: 100%" in out and b"copied 2 version(s)" in out
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "dcp"])
+def test_other_layouts_copy_byte_for_byte(tmp_path: Path, memory_backend: Any, kind: str) -> None:
+    """Copy moves what meta.json lists, whatever wrote it: safetensors files, DCP shards and metadata."""
+    opts = {"format": "safetensors"} if kind == "safetensors" else {"distributed": True}
+    src = CheckpointManager(tmp_path / "src", **opts)
+    model = net(3)
+    info = src.save(7, model=model)
+    dst = memory_backend.manager()
+    copy_versions(src, dst)
+    assert dst.verify().ok and dst.info(7).files == info.files
+    other = net(4)
+    dst.restore(model=other)
+    for p, q in zip(other.parameters(), model.parameters()):
+        assert torch.equal(p, q)
