@@ -93,8 +93,14 @@ def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_di
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
         mgr = CheckpointManager(url, storage_options=options or None, retention=RetentionPolicy(keep_last=2))
 
-        def extra(step: int) -> dict[str, Any]:  # one replicated value, one per rank (rank-unique key)
-            return {"note": "shared", f"rank{rank}_seen": torch.full((3,), float(rank * 100 + step))}
+        from torch.distributed.tensor import Shard, distribute_tensor
+
+        def extra(step: int) -> dict[str, Any]:  # replicated, per rank (rank-unique key), sharded
+            return {
+                "note": "shared",
+                f"rank{rank}_seen": torch.full((3,), float(rank * 100 + step)),
+                "cursor": distribute_tensor(torch.arange(8.0) + step, mesh, [Shard(0)]),
+            }
 
         # 1. two sharded saves, detected automatically (distributed=None, DTensor weights)
         _train_step(model, opt, 1.0)
@@ -122,6 +128,7 @@ def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_di
         assert torch.equal(ckpt.extra[f"rank{rank}_seen"], torch.full((3,), float(rank * 100 + 2)))
         other = 1 - rank
         assert torch.equal(ckpt.extra[f"rank{other}_seen"], torch.full((3,), float(other * 100 + 2)))
+        assert torch.equal(ckpt.extra["cursor"], torch.arange(8.0) + 2)  # a DTensor in extra: back whole
 
         # 3. a rank failing mid-save: nothing committed on any rank, gc finds nothing it must keep
         real_write = shard._HashingStream.write

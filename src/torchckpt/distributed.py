@@ -52,6 +52,7 @@ from torch.distributed.checkpoint._fsspec_filesystem import FileSystem as _DcpFi
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
+from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from . import manifest as mf
@@ -287,9 +288,11 @@ def _compare(url: str, expected: Mapping[str, Any] | None, actual: str, size: in
 
 
 class _Writer(FsspecWriter):
+    """DCP's fsspec writer on the manager's own filesystem instance (no second client)."""
+
     def __init__(self, storage: Any, rel_dir: str, *, sync_files: bool) -> None:
-        # the URL only satisfies the base class; the filesystem below is the manager's own
-        super().__init__(storage.url(rel_dir), sync_files=sync_files, overwrite=True, **storage.storage_options)
+        # FileSystemWriter's constructor only records the settings; FsspecWriter's would open a new fs
+        FileSystemWriter.__init__(self, storage.path(rel_dir), sync_files=sync_files, overwrite=True)
         self.fs = _StorageFS(storage, storage.path(rel_dir))
         self.path = storage.path(rel_dir)
 
@@ -325,7 +328,7 @@ class _MetadataUnpickler(pickle.Unpickler):
 class _Reader(FsspecReader):
     def __init__(self, storage: Any, info: CheckpointInfo, *, verify: bool, trust_pickle: bool) -> None:
         rel_dir = mf.version_dir(info.version)
-        super().__init__(storage.url(rel_dir), **storage.storage_options)
+        FileSystemReader.__init__(self, storage.path(rel_dir))  # see _Writer
         self.fs = _StorageFS(storage, storage.path(rel_dir), expected=info.files, verify=verify)
         self.path = storage.path(rel_dir)
         self.trust_pickle = trust_pickle
@@ -528,7 +531,7 @@ def save_sharded(
             "extra": extra,
             "rng": {f"rank{rank}": rng.capture()},
         }
-        check_safe({k: v for k, v in state.items() if k != "objects"}, "state")
+        check_safe(_without_shards(state), "state")
     except Exception as exc:  # noqa: BLE001 - re-raised below, on every rank
         error = exc
     failed = _any_failed(error is not None, collective)
@@ -592,6 +595,18 @@ def save_sharded(
     if collective:
         dist.barrier()
     return info
+
+
+def _without_shards(value: Any) -> Any:
+    """``value`` with DTensors/ShardedTensors as plain placeholders: DCP writes those as tensor
+    chunks (never pickled), so only the rest must pass the weights_only check."""
+    if _is_sharded(value):
+        return torch.empty(0)
+    if isinstance(value, Mapping):
+        return {k: _without_shards(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_without_shards(v) for v in value]
+    return value
 
 
 def _any_failed(failed: bool, collective: bool) -> bool:

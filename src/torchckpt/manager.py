@@ -152,7 +152,6 @@ class CheckpointManager:
         metrics_clean = _clean_metrics(metrics)
         tags_clean = tuple(str(t) for t in tags)
         extra_clean = dict(extra or {})
-        check_safe(extra_clean, "extra")
         if self.distributed is not False:  # sharded state / distributed=True: every rank saves through DCP
             from . import distributed as shard
 
@@ -168,6 +167,7 @@ class CheckpointManager:
                     done.set_result(info)
                     return done
                 return info
+        check_safe(extra_clean, "extra")
         states = {name: capture(name, obj) for name, obj in objects.items()}
         check_safe(states, "state")
         payload = {"torchckpt": PAYLOAD_VERSION, "objects": states, "extra": extra_clean, "rng": rng.capture()}

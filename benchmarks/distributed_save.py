@@ -1,0 +1,139 @@
+"""Time a 2-rank sharded save (DCP) against a single-process save of the same state.
+
+    python benchmarks/distributed_save.py [--mb 256] [--repeat 3] [--root DIR] [--world 2]
+
+The state: an MLP of ``--layers`` square Linear layers (float32) plus Adam's two
+moments, ~``--mb`` MB in total. The single process saves the full state the usual
+way (one ``state.pt``) and, for reference, through DCP as well
+(``distributed=True`` without a process group). The ranks (gloo, CPU) hold
+their weights as DTensors sharded on dim 0 over a 1-D mesh and save with every
+rank writing its own shard; the time is the slowest rank's, from a barrier to
+the committed ``CheckpointInfo``. Each timing is the median of ``--repeat`` saves
+(retention keeps one version so the disk does not fill up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from torchckpt import CheckpointManager, RetentionPolicy
+
+
+def build(mb: float, layers: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    # weights + 2 Adam moments = 3 copies of the parameters
+    width = int(math.sqrt(mb * 1e6 / 4 / 3 / layers))
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
+    return model, torch.optim.Adam(model.parameters(), lr=1e-3)
+
+
+def step(model: nn.Module, opt: torch.optim.Optimizer) -> None:
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+
+
+def state_mb(model: nn.Module) -> float:
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+
+
+def time_single(root: str, mb: float, layers: int, repeat: int, distributed: bool) -> float:
+    model, opt = build(mb, layers)
+    step(model, opt)
+    mgr = CheckpointManager(root, retention=RetentionPolicy(keep_last=1), distributed=distributed or None)
+    times = []
+    for i in range(repeat):
+        t0 = time.perf_counter()
+        mgr.save(i, model=model, optimizer=opt)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _rank(rank: int, world: int, init: str, root: str, mb: float, layers: int, repeat: int, out: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_module, distribute_tensor
+
+    torch.set_num_threads(1)
+    if os.environ.get("BENCH_PHASES"):  # per-phase timings of each rank's save
+        import logging
+
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        logging.getLogger("torchckpt.distributed").setLevel(logging.DEBUG)
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
+                            timeout=timedelta(minutes=5))
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        model, _ = build(mb, layers)
+
+        def partition(name: str, module: nn.Module, m: Any) -> None:
+            for pname, p in list(module.named_parameters(recurse=False)):
+                module.register_parameter(pname, nn.Parameter(distribute_tensor(p.data, m, [Shard(0)])))
+
+        model = distribute_module(model, mesh, partition)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        step(model, opt)
+        mgr = CheckpointManager(root, retention=RetentionPolicy(keep_last=1))
+        times = []
+        for i in range(repeat):
+            dist.barrier()
+            t0 = time.perf_counter()
+            mgr.save(i, model=model, optimizer=opt)
+            elapsed = torch.tensor([time.perf_counter() - t0])
+            dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+            times.append(float(elapsed))
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump({"median": statistics.median(times), "files": sorted(mgr.latest().files)}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def time_ranks(root: str, world: int, mb: float, layers: int, repeat: int) -> tuple[float, list[str]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.json")
+        mp.spawn(_rank, args=(world, os.path.join(tmp, "init"), root, mb, layers, repeat, out), nprocs=world)
+        with open(out) as f:
+            res = json.load(f)
+    return res["median"], res["files"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mb", type=float, default=256.0, help="state size (weights + Adam moments), MB")
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--world", type=int, default=2)
+    ap.add_argument("--root", default=None, help="where to write (default: a temporary folder)")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.root) as base:
+        model, _ = build(args.mb, args.layers)
+        print(f"state: {state_mb(model):.0f} MB ({args.layers} layers), torch {torch.__version__}, "
+              f"{os.cpu_count()} CPU(s), root {base}")
+        single = time_single(os.path.join(base, "single"), args.mb, args.layers, args.repeat, False)
+        print(f"1 process, state.pt:          {single:7.3f} s  ({state_mb(model) / single:6.0f} MB/s)")
+        single_dcp = time_single(os.path.join(base, "single-dcp"), args.mb, args.layers, args.repeat, True)
+        print(f"1 process, DCP:               {single_dcp:7.3f} s  ({state_mb(model) / single_dcp:6.0f} MB/s)")
+        ranks, files = time_ranks(os.path.join(base, "ranks"), args.world, args.mb, args.layers, args.repeat)
+        print(f"{args.world} ranks, DCP (sharded):     {ranks:7.3f} s  ({state_mb(model) / ranks:6.0f} MB/s)"
+              f"  files: {', '.join(files)}")
+        print(f"ratio {args.world}-rank / 1-process state.pt: {ranks / single:.2f}x; "
+              f"{args.world}-rank / 1-process DCP: {ranks / single_dcp:.2f}x")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
