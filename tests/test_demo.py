@@ -56,3 +56,11 @@ def test_demo_refuses_a_root_with_other_checkpoints(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="did not write"):
         run_demo(tmp_path / "real", report=lambda _: None)
     assert len(mgr.list()) == 1
+
+
+def test_demo_on_s3(s3_backend) -> None:  # type: ignore[no-untyped-def]
+    result = run_demo(s3_backend.url, epochs=2, storage_options=s3_backend.storage_options, report=lambda _: None)
+    assert result.interrupted_after == 1 and [v.epoch for v in result.versions][-1] == 2
+    if HAS_EXPORT:
+        assert result.export_url.startswith("s3://")
+        assert math.isclose(result.export_val_loss, result.best_val_loss, rel_tol=1e-4)

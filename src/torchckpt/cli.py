@@ -377,25 +377,35 @@ def delete(root: str, versions: tuple[str, ...], metric: str | None, mode: str, 
         opts.say(f"deleted {v.version} (step {v.step})")
 
 
-def _pin_command(pinned: bool) -> Callable[..., None]:
-    def command(root: str, versions: tuple[str, ...], metric: str | None, mode: str, opts: Opts) -> None:
-        mgr = open_manager(root, opts, write=True)
-        infos = [resolve(mgr, v, metric, mode) for v in versions]
-        done = [mgr.pin(i) if pinned else mgr.unpin(i) for i in infos]
-        if opts.json:
-            _emit_json({"pinned" if pinned else "unpinned": [v.version for v in done]})
-        for v in done:
-            opts.say(f"{'pinned' if pinned else 'unpinned'} {v.version} (step {v.step})")
-
-    return command
+def _set_pins(root: str, versions: tuple[str, ...], metric: str | None, mode: str, opts: Opts, pinned: bool) -> None:
+    mgr = open_manager(root, opts, write=True)
+    infos = [resolve(mgr, v, metric, mode) for v in versions]
+    done = [mgr.pin(i) if pinned else mgr.unpin(i) for i in infos]
+    word = "pinned" if pinned else "unpinned"
+    if opts.json:
+        _emit_json({word: [v.version for v in done]})
+    for v in done:
+        opts.say(f"{word} {v.version} (step {v.step})")
 
 
-for _name, _pinned, _doc in (("pin", True, "Protect versions from every prune."),
-                             ("unpin", False, "Let prune consider these versions again.")):
-    _fn = _pin_command(_pinned)
-    _fn.__doc__ = _doc
-    cli.command(_name)(click.argument("root")(click.argument("versions", nargs=-1, required=True, metavar="VERSION...")(
-        best_options(common(_fn)))))
+@cli.command()
+@click.argument("root")
+@click.argument("versions", nargs=-1, required=True, metavar="VERSION...")
+@best_options
+@common
+def pin(root: str, versions: tuple[str, ...], metric: str | None, mode: str, opts: Opts) -> None:
+    """Protect versions from every prune."""
+    _set_pins(root, versions, metric, mode, opts, True)
+
+
+@cli.command()
+@click.argument("root")
+@click.argument("versions", nargs=-1, required=True, metavar="VERSION...")
+@best_options
+@common
+def unpin(root: str, versions: tuple[str, ...], metric: str | None, mode: str, opts: Opts) -> None:
+    """Let prune consider these versions again."""
+    _set_pins(root, versions, metric, mode, opts, False)
 
 
 # ----- verify / gc / repair -----------------------------------------------------------------------------
