@@ -234,8 +234,7 @@ class CheckpointManager:
             if cause is not None and not isinstance(exc, CheckpointError):
                 raise StorageError(f"saving step {step} to {self.root_url} failed: {cause}") from exc
             raise
-        # (already there when a lost manifest was just rebuilt from meta.json files, this one's included)
-        mf.update(self.storage, lambda m: None if m.find(vid) else mf.Manifest(m.generation, m.versions + [info]))
+        mf.update(self.storage, lambda m: mf.Manifest(m.generation, m.versions + [info]))
         log.info(
             "saved %s (%.1f MB) to %s in %.2fs", vid, info.size_bytes / 1e6, self.root_url, time.perf_counter() - started
         )
@@ -311,6 +310,10 @@ class CheckpointManager:
                 self.storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle
             )
         except FileNotFoundError as exc:  # a listed version lost a data file: as corrupt as a bad checksum
+            if all(v.version != info.version for v in self.list()):
+                raise CheckpointNotFoundError(
+                    f"version {info.version} was removed (pruned or deleted) from {self.root_url} while loading"
+                ) from exc
             name = next((n for n in info.files if n in str(exc)), "a data file")
             expected = str(info.files.get(name, {}).get("checksum", "a recorded file"))
             raise ChecksumMismatchError(f"{info.url}/{name}", expected, "no such file") from exc

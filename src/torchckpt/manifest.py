@@ -86,16 +86,19 @@ def read(storage: Storage) -> Manifest:
     except FileNotFoundError:
         found = scan(storage)
         if found.versions:
-            log.warning("%s is missing: listing %d version(s) from their meta.json", storage.url(MANIFEST), len(found.versions))
+            log.warning(
+                "%s is missing: listing %d version(s) from their meta.json; run `torchckpt repair %s`",
+                storage.url(MANIFEST), len(found.versions), storage.root_url,
+            )
         return found
     return decode(data, storage)
 
 
 def scan(storage: Storage) -> Manifest:
-    """The index derived from ``meta.json`` files, for a root whose manifest is missing.
+    """A read-only index derived from ``meta.json`` files, for a root whose manifest is missing.
 
-    A fresh root costs one listing of an empty ``versions/``. A root whose manifest
-    was lost still lists (and keeps, on the next update) its committed versions.
+    A fresh root costs one listing of an empty ``versions/``; a root whose manifest was
+    lost can still be listed and restored from until ``repair`` writes a new one.
     """
     infos = []
     for vid in committed_ids(storage)[0]:
@@ -119,16 +122,17 @@ def update(
         for attempt in range(_CAS_ATTEMPTS):
             data, token = storage.read_versioned(MANIFEST)
             try:
-                current = decode(data, storage) if data is not None else scan(storage)
+                # No scan of meta.json files here: that would list other writers' versions before
+                # their own update does, and a concurrent prune could then delete one its saver is
+                # about to list. A lost index is rebuilt by ``repair`` (an offline operation).
+                current = decode(data, storage)
             except ManifestError:
                 if not tolerate_corrupt:
                     raise
                 current = Manifest()
             new = change(current)
             if new is None:
-                if data is not None:
-                    return current
-                new = current  # a missing manifest is written, even when nothing changed
+                return current
             new.generation = current.generation + 1
             if storage.write_conditional(MANIFEST, encode(new), token):
                 return new
