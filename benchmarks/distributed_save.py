@@ -3,13 +3,14 @@
     python benchmarks/distributed_save.py [--mb 256] [--repeat 3] [--root DIR] [--world 2]
 
 The state: an MLP of ``--layers`` square Linear layers (float32) plus Adam's two
-moments, ~``--mb`` MB in total. The single process saves the full state the usual
-way (one ``state.pt``) and, for reference, through DCP as well
-(``distributed=True`` without a process group). The ranks (gloo, CPU) hold
-their weights as DTensors sharded on dim 0 over a 1-D mesh and save with every
-rank writing its own shard; the time is the slowest rank's, from a barrier to
-the committed ``CheckpointInfo``. Each timing is the median of ``--repeat`` saves
-(retention keeps one version so the disk does not fill up).
+moments, ~``--mb`` MB in total. The ranks (gloo, CPU) hold their weights as
+DTensors sharded on dim 0 over a 1-D mesh and save with every rank writing its
+own shard; the time is the slowest rank's, from a barrier to the committed
+``CheckpointInfo``. Between those saves, rank 0 saves the same state unsharded the
+usual way (one ``state.pt``) while the other ranks wait, so both see the same
+machine load. For reference, a single process also saves it through DCP
+(``distributed=True`` without a process group). Each timing is the median of
+``--repeat`` saves (retention keeps one version so the disk does not fill up).
 """
 
 from __future__ import annotations
@@ -86,9 +87,19 @@ def _rank(rank: int, world: int, init: str, root: str, mb: float, layers: int, r
         model = distribute_module(model, mesh, partition)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         step(model, opt)
-        mgr = CheckpointManager(root, retention=RetentionPolicy(keep_last=1))
-        times = []
-        for i in range(repeat):
+        mgr = CheckpointManager(os.path.join(root, "ranks"), retention=RetentionPolicy(keep_last=1))
+        if rank == 0:  # the same state, unsharded, saved by this one process (rank 1 waits meanwhile)
+            full_model, full_opt = build(mb, layers)
+            step(full_model, full_opt)
+            single = CheckpointManager(os.path.join(root, "single"), retention=RetentionPolicy(keep_last=1),
+                                       distributed=False)
+        times, single_times = [], []
+        for i in range(repeat):  # interleaved, so that both see the same machine load
+            dist.barrier()
+            if rank == 0:
+                t0 = time.perf_counter()
+                single.save(i, model=full_model, optimizer=full_opt)
+                single_times.append(time.perf_counter() - t0)
             dist.barrier()
             t0 = time.perf_counter()
             mgr.save(i, model=model, optimizer=opt)
@@ -97,18 +108,19 @@ def _rank(rank: int, world: int, init: str, root: str, mb: float, layers: int, r
             times.append(float(elapsed))
         if rank == 0:
             with open(out, "w") as f:
-                json.dump({"median": statistics.median(times), "files": sorted(mgr.latest().files)}, f)
+                json.dump({"median": statistics.median(times), "single": statistics.median(single_times),
+                           "files": sorted(mgr.latest().files)}, f)
     finally:
         dist.destroy_process_group()
 
 
-def time_ranks(root: str, world: int, mb: float, layers: int, repeat: int) -> tuple[float, list[str]]:
+def time_ranks(root: str, world: int, mb: float, layers: int, repeat: int) -> tuple[float, float, list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
         mp.spawn(_rank, args=(world, os.path.join(tmp, "init"), root, mb, layers, repeat, out), nprocs=world)
         with open(out) as f:
             res = json.load(f)
-    return res["median"], res["files"]
+    return res["median"], res["single"], res["files"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,12 +135,12 @@ def main(argv: list[str] | None = None) -> None:
         model, _ = build(args.mb, args.layers)
         print(f"state: {state_mb(model):.0f} MB ({args.layers} layers), torch {torch.__version__}, "
               f"{os.cpu_count()} CPU(s), root {base}")
-        single = time_single(os.path.join(base, "single"), args.mb, args.layers, args.repeat, False)
-        print(f"1 process, state.pt:          {single:7.3f} s  ({state_mb(model) / single:6.0f} MB/s)")
+        ranks, single, files = time_ranks(base, args.world, args.mb, args.layers, args.repeat)
         single_dcp = time_single(os.path.join(base, "single-dcp"), args.mb, args.layers, args.repeat, True)
-        print(f"1 process, DCP:               {single_dcp:7.3f} s  ({state_mb(model) / single_dcp:6.0f} MB/s)")
-        ranks, files = time_ranks(os.path.join(base, "ranks"), args.world, args.mb, args.layers, args.repeat)
-        print(f"{args.world} ranks, DCP (sharded):     {ranks:7.3f} s  ({state_mb(model) / ranks:6.0f} MB/s)"
+        mb = state_mb(model)
+        print(f"1 process, state.pt:          {single:7.3f} s  ({mb / single:6.0f} MB/s)")
+        print(f"1 process, DCP:               {single_dcp:7.3f} s  ({mb / single_dcp:6.0f} MB/s)")
+        print(f"{args.world} ranks, DCP (sharded):     {ranks:7.3f} s  ({mb / ranks:6.0f} MB/s)"
               f"  files: {', '.join(files)}")
         print(f"ratio {args.world}-rank / 1-process state.pt: {ranks / single:.2f}x; "
               f"{args.world}-rank / 1-process DCP: {ranks / single_dcp:.2f}x")
