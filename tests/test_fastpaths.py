@@ -150,9 +150,12 @@ def test_staging_buffers_reused_and_resized() -> None:
     assert third["m"]["b"].dtype == torch.float64
     assert pool.buffer(("l", 0)) is None
     assert pool.nbytes == (32 * 4) + 4 * 8
-    # non-contiguous sources are staged correctly
+    # non-contiguous, conjugate-view and 0-d sources are staged correctly
     t = torch.arange(12.0).reshape(3, 4).t()
-    assert torch.equal(pool.snapshot({"t": t})["t"], t)
+    c = torch.randn(5, dtype=torch.complex64).conj()
+    staged = pool.snapshot({"t": t, "c": c, "s": torch.tensor(3.5)})
+    assert torch.equal(staged["t"], t) and torch.equal(staged["c"], c.resolve_conj())
+    assert staged["s"].item() == 3.5
 
 
 def test_manager_reuses_staging_buffers_across_async_saves(local_backend: Any) -> None:

@@ -14,6 +14,7 @@ in flight and waits before staging).
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -89,7 +90,14 @@ class StagingPool:
             self._buffers[path] = buf
             self.allocated_bytes += buf.numel() * buf.element_size()
         used.add(path)
-        buf.copy_(t, non_blocking=is_cuda)
+        if t.device.type == "cpu" and t.is_contiguous() and not (t.is_conj() or t.is_neg()):
+            # one plain memcpy (GIL released): torch's copy_ splits big copies over OpenMP threads,
+            # which on a busy host (training, loaders) stalls in barriers for several times longer
+            nbytes = t.numel() * t.element_size()
+            if nbytes:
+                ctypes.memmove(buf.data_ptr(), t.data_ptr(), nbytes)
+        else:
+            buf.copy_(t, non_blocking=is_cuda)
         if is_cuda:
             cuda.add(t.device)
         return buf
