@@ -34,6 +34,16 @@ def check_version_id(version: str) -> str:
     return version
 
 
+_FILE_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,199}$")
+
+
+def check_file_name(name: str) -> str:
+    """A file named by a record lives directly in its version (or export) folder: no paths."""
+    if not isinstance(name, str) or not _FILE_RE.match(name) or ".." in name or name == ".":
+        raise CheckpointError(f"invalid file name {name!r} in a version record: only plain names are allowed")
+    return name
+
+
 def _parse_time(value: str) -> datetime:
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
@@ -92,12 +102,12 @@ class CheckpointInfo:
                 tags=tuple(rec.get("tags") or ()),
                 pinned=bool(rec.get("pinned", False)),
                 size_bytes=int(rec.get("size_bytes", 0)),
-                files=dict(rec.get("files") or {}),
+                files={check_file_name(k): v for k, v in dict(rec.get("files") or {}).items()},
                 format=str(rec.get("format", "torch")),
                 url=url,
                 objects=tuple(rec.get("objects") or ()),
                 torch_version=str(rec.get("torch_version", "")),
-                exports=dict(rec.get("exports") or {}),
+                exports={check_file_name(k): v for k, v in dict(rec.get("exports") or {}).items()},
                 layout=str(rec.get("layout", "single")),
             )
         except (KeyError, TypeError, ValueError) as exc:
