@@ -5,8 +5,8 @@ check in sequence (save, agree on the id, restore in 2 ranks, per-rank values,
 a rank failing mid-save, retention on rank 0); the parent process then
 restores the same version into an unsharded model (resharding 2 -> 1) and runs
 the file-based operations (verify, show, list, copy, delete) on it. The local run
-also restores a version one process saved (resharding 1 -> 2) and round-trips an
-FSDP2 (``fully_shard``) model.
+also restores a version one process saved (resharding 1 -> 2), round-trips an
+FSDP2 (``fully_shard``) model, and restores the 2-rank version in 3 ranks.
 """
 
 from __future__ import annotations
@@ -197,6 +197,27 @@ def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_di
         dist.destroy_process_group()
 
 
+def _restore_worker(rank: int, world: int, init_file: str, url: str, options: dict[str, Any], out_dir: str) -> None:
+    """Resharding N -> M: the 2-rank version restored into 3 ranks (uneven shards of 8 and 4 rows)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        model = _shard(_plain_model(), mesh)
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        mgr = CheckpointManager(url, storage_options=options or None, read_only=True)
+        with open(os.path.join(out_dir, f"ok{0}")) as f:
+            version = json.load(f)["version"]
+        ckpt = mgr.restore(version, model=model, optimizer=opt, restore_rng=True)  # rank 2 has no RNG: warns
+        _check_equal(model, opt, torch.load(os.path.join(out_dir, "expected.pt")))
+        assert ckpt.extra["note"] == "shared"
+    finally:
+        dist.destroy_process_group()
+
+
 def _run_ranks(tmp_path: Path, url: str, options: dict[str, Any]) -> str:
     out = tmp_path / "out"
     out.mkdir()
@@ -239,6 +260,9 @@ def test_two_ranks_save_restore_and_reshard(kind: str, tmp_path: Path, request: 
     info = mgr.info(version)
     assert info.layout == "dcp" and info.size_bytes == sum(r["size"] for r in info.files.values())
     _reshard_into_one_process(mgr, version, tmp_path / "out" / "expected.pt")
+    if kind == "local":  # 2 -> 3 ranks (once is enough)
+        mp.spawn(_restore_worker, args=(3, str(tmp_path / "pg-init-3"), backend.url, backend.storage_options,
+                                        str(tmp_path / "out")), nprocs=3, join=True)
 
     from torchckpt.summary import tensor_summary
 
