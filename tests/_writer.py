@@ -167,7 +167,6 @@ class Tally:
 
     def __init__(self) -> None:
         self.kills = 0
-        self.finished_early = 0
         self.saves_returned = 0
         self.versions_checked = 0
         self.leftovers_removed = 0
