@@ -149,6 +149,19 @@ def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_di
         finally:
             shard._HashingStream.write = real_write  # type: ignore[method-assign]
         assert failed, "a failed rank must fail the save on every rank"
+
+        class Broken:  # fails while the state is built, before DCP: no rank may hang in a collective
+            def state_dict(self) -> dict[str, Any]:
+                raise RuntimeError("broken state_dict")
+
+        try:
+            mgr.save(3, model=model, counter=Broken() if rank == 1 else {"n": torch.zeros(1)})
+        except RuntimeError as exc:
+            assert rank == 1 and "broken" in str(exc)
+        except CheckpointError as exc:
+            assert rank == 0 and "another rank" in str(exc)
+        else:
+            raise AssertionError("the save must fail on every rank")
         dist.barrier()
         assert [v.step for v in mgr.list()] == [1, 2]
         if rank == 0:
