@@ -336,3 +336,47 @@ def test_buffer_reader_is_a_seekable_stream() -> None:
     out = bytearray(50)
     assert r.readinto(out) == 50 and out == data[100:150]
     assert r.tell() == 150
+
+
+# ----- restore into a live module: memcpy prefill ---------------------------------------------------------
+def test_prefilled_restore_matches_and_does_not_alias(local_backend: Any) -> None:
+    from torchckpt.fastload import prefill_module
+
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    net(torch.randn(4, 8))  # BatchNorm running stats and num_batches_tracked change
+    with local_backend.manager() as mgr:
+        mgr.save(1, model=net)
+        fresh = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+        ids = {k: id(v) for k, v in fresh.state_dict(keep_vars=True).items()}
+        ckpt = mgr.restore(model=fresh)
+    _same_state(net.state_dict(), fresh.state_dict())
+    assert {k: id(v) for k, v in fresh.state_dict(keep_vars=True).items()} == ids  # same Parameter objects
+    with torch.no_grad():
+        fresh[0].weight.add_(1.0)
+    assert torch.equal(ckpt.state["model"]["0.weight"], net[0].weight)  # the returned state is not the live one
+    # shape mismatches and unexpected keys are still torch's errors; strict=False still tolerates keys
+    bad = {k: v.clone() for k, v in net.state_dict().items()}
+    bad["0.weight"] = torch.zeros(3, 3)
+    with pytest.raises(RuntimeError):
+        fresh.load_state_dict(prefill_module(fresh, bad))
+    partial = {"0.weight": torch.ones(8, 8)}
+    fresh.load_state_dict(prefill_module(fresh, partial), strict=False)
+    assert torch.equal(fresh[0].weight, torch.ones(8, 8))
+
+
+def test_prefill_leaves_modules_with_pre_hooks_to_torch() -> None:
+    from torchckpt.fastload import prefill_module
+
+    net = torch.nn.Linear(4, 4)
+    seen: list[str] = []
+
+    def hook(state: Any, prefix: str, *args: Any) -> None:
+        seen.append(prefix)
+        state[prefix + "bias"] = state[prefix + "bias"] + 1
+
+    net._register_load_state_dict_pre_hook(hook)
+    src = {"weight": torch.ones(4, 4), "bias": torch.zeros(4)}
+    out = prefill_module(net, src)
+    assert out is src and not torch.equal(net.weight, torch.ones(4, 4))  # untouched
+    net.load_state_dict(out)
+    assert seen == [""] and torch.equal(net.bias, torch.ones(4))

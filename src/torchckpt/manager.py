@@ -600,7 +600,9 @@ def _pickle_module(module: Any) -> bytes:
 def _load_into(name: str, obj: Any, state: Any, strict: bool) -> None:
     """Put ``state`` into the live object ``obj`` in place."""
     if isinstance(obj, torch.nn.Module):
-        obj.load_state_dict(state, strict=strict)
+        from .fastload import prefill_module  # memcpy into matching CPU tensors; copy_ then no-ops
+
+        obj.load_state_dict(prefill_module(obj, state), strict=strict)
     elif hasattr(obj, "load_state_dict"):
         obj.load_state_dict(state)
     elif isinstance(obj, torch.Tensor):
