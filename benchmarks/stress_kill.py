@@ -66,6 +66,7 @@ def main() -> int:
     zygote = Zygote(stderr_path=os.path.join(work, "writer-stderr.txt"))
     mgr = CheckpointManager(root, storage_options=storage_options or None)
     tally = Tally()
+    listed_at_end = None
     started = time.time()
     try:
         for i in range(args.kills):
@@ -94,6 +95,7 @@ def main() -> int:
                 print(f"... {i + 1} kills, {len(tally.failures)} failures", file=sys.stderr, flush=True)
         try:
             check_repair(mgr, tally)
+            listed_at_end = len(mgr.list())
         except Exception as exc:
             tally.failures.append(f"repair: {type(exc).__name__}: {exc}")
     finally:
@@ -105,7 +107,7 @@ def main() -> int:
         "seed": args.seed,
         "seconds": round(time.time() - started, 1),
         **tally.as_dict(),
-        "versions_listed_at_end": len(mgr.list()) if not tally.failures else None,
+        "versions_listed_at_end": listed_at_end,
     }
     print(json.dumps(result, indent=1))
     return 1 if tally.failures else 0
