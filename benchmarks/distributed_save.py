@@ -112,6 +112,8 @@ def _rank(rank: int, world: int, init: str, root: str, mb: float, layers: int, r
                            "files": sorted(mgr.latest().files)}, f)
     finally:
         dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)  # skip teardown: a process-group thread still joinable at exit can abort the process
 
 
 def time_ranks(root: str, world: int, mb: float, layers: int, repeat: int) -> tuple[float, float, list[str]]:
