@@ -583,8 +583,6 @@ def save_sharded(
     info = CheckpointInfo.from_record(payload, storage.url(mf.version_dir(vid)))
     marks.append(("commit", time.perf_counter()))
     log.info("saved sharded %s from %d rank(s) in %.2fs", vid, world, marks[-1][1] - started)
-    log.debug("rank %d phases: %s", rank, ", ".join(
-        f"{name} {t - prev:.3f}s" for (name, t), prev in zip(marks, [started] + [t for _, t in marks])))
 
     # 5. retention on rank 0 only; everybody leaves together
     if rank == 0 and manager.retention is not None:
@@ -592,8 +590,12 @@ def save_sharded(
             manager.prune()
         except Exception as exc:  # noqa: BLE001 - the version is committed; pruning is best effort here
             log.warning("pruning after the sharded save of %s failed: %s", vid, exc)
+    marks.append(("prune", time.perf_counter()))
     if collective:
         dist.barrier()
+    marks.append(("barrier", time.perf_counter()))
+    log.debug("rank %d phases: %s", rank, ", ".join(
+        f"{name} {t - prev:.3f}s" for (name, t), prev in zip(marks, [started] + [t for _, t in marks])))
     return info
 
 
