@@ -190,7 +190,6 @@ class _StorageFS(_DcpFileSystem):
         *,
         expected: Mapping[str, Mapping[str, Any]] | None = None,
         verify: bool = False,
-        trust_pickle: bool = False,
     ) -> None:
         super().__init__()
         self.storage = storage
@@ -198,7 +197,6 @@ class _StorageFS(_DcpFileSystem):
         self.base = base  # the folder DCP writes into / reads from (absolute path on the fs)
         self.expected = dict(expected or {})
         self.verify = verify
-        self.trust_pickle = trust_pickle
         self.written: dict[str, dict[str, Any]] = {}
 
     def init_path(self, path: str | os.PathLike, **kwargs: Any) -> str:
