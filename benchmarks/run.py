@@ -226,16 +226,12 @@ def local_cases(args: argparse.Namespace, model: Net, opt: torch.optim.Adam, siz
         if "P3" in only:
             print("P3 peak extra RSS of a sync save (local)", flush=True)
             tidy()
-            plain_peak = []
-            ours_peak = []
-            for _ in range(2):
-                tidy()
-                plain_peak.append(peak_extra_rss(lambda: plain_save(model, opt, plain_path))[0])
-                tidy()
-                ours_peak.append(peak_extra_rss(ours_save)[0])
+            plain_peak = [run_p3_child(args, "local-plain", args.size) for _ in range(2)]
+            ours_peak = [run_p3_child(args, "local-ours", args.size) for _ in range(2)]
             bound = 64 * MiB + 0.05 * size
-            row("P3", "peak extra RSS, sync save, local", human(max(plain_peak)), human(max(ours_peak)),
-                f"{max(ours_peak) / size * 100:.1f}%", f"<= {human(bound)}", max(ours_peak) <= bound)
+            row("P3", "peak extra RSS, sync save, local (fresh process)", human(max(plain_peak)), human(max(ours_peak)),
+                f"{max(ours_peak) / size * 100:.1f}%", f"<= {human(bound)}", max(ours_peak) <= bound,
+                "max of 2 child processes")
         if "P4" in only:
             print("P4 async save: time the caller is blocked", flush=True)
             tensors = all_tensors(model, opt)
@@ -396,10 +392,13 @@ def s3_cases(args: argparse.Namespace, size: int, only: set[str]) -> None:
                 f"{fmt(to)} = {len(data) / statistics.median(to) / MiB:.0f} MiB/s", f"{ratio:.2f}x", ">= 1.00x",
                 ratio >= 1.0, f"parts {s3_transfer.PART_SIZE // MiB} MiB x {s3_transfer.CONCURRENCY} in flight")
             tidy()
-            peak, _ = peak_extra_rss(ours_save)
+            peak = max(run_p3_child(args, "s3-ours", s3_size, endpoint) for _ in range(2))
+            pipe_peak = run_p3_child(args, "s3-pipe", s3_size, endpoint)
+            ours_save()  # the version the restore cases read
             bound = 64 * MiB + 0.05 * real
-            row("P3", "peak extra RSS, sync save, S3", "(pipe holds all bytes)", human(peak),
-                f"{peak / real * 100:.1f}%", f"<= {human(bound)}", peak <= bound)
+            row("P3", "peak extra RSS, sync save, S3 (fresh process)", f"{human(pipe_peak)} + the bytes", human(peak),
+                f"{peak / real * 100:.1f}%", f"<= {human(bound)}", peak <= bound,
+                "plain = fs.pipe of bytes already in memory")
             # restore: a single cat vs ours
             info = mgr.latest()
             assert info is not None
@@ -532,6 +531,55 @@ def import_time(args: argparse.Namespace) -> None:
         f"also loaded: {heavy or 'nothing heavy'}")
 
 
+# ----- P3 in a fresh child process ----------------------------------------------------------------------
+def p3_child(args: argparse.Namespace) -> None:
+    """One save in a fresh process: peak RSS above the RSS just before it (first-time allocations included)."""
+    kind = args.p3_child
+    model, opt = make_state(args.size)
+    work = tempfile.mkdtemp(prefix="torchckpt-p3-", dir=args.dir)
+    try:
+        if kind == "local-plain":
+            fn: Callable[[], Any] = lambda: plain_save(model, opt, os.path.join(work, "plain.pt"))
+        elif kind == "local-ours":
+            mgr = CheckpointManager(os.path.join(work, "ckpt"))
+            fn = lambda: mgr.save(1, model=model, optimizer=opt)
+        else:
+            import s3fs
+
+            opts = {"client_kwargs": {"endpoint_url": args.endpoint}}
+            if kind == "s3-ours":
+                mgr = CheckpointManager(f"s3://bench/p3-{os.getpid()}", storage_options=opts)
+                fn = lambda: mgr.save(1, model=model, optimizer=opt)
+            else:  # s3-pipe: the serialised bytes already in memory (not counted), then fs.pipe
+                fs = s3fs.S3FileSystem(**opts)
+                buf = io.BytesIO()
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buf)
+                data = buf.getvalue()
+                del buf
+                fn = lambda: fs.pipe_file(f"bench/p3-{os.getpid()}.pt", data)
+        # one tiny save first: imports, the S3 client and its service model are loaded once per process,
+        # not per save, and are not what the bound is about
+        tiny = CheckpointManager(os.path.join(work, "warm")) if kind.startswith("local") else None
+        if kind == "s3-pipe":
+            fs.pipe_file(f"bench/p3-{os.getpid()}-warm", b"x" * 1000)
+        elif kind == "s3-ours":
+            CheckpointManager(f"s3://bench/p3w-{os.getpid()}", storage_options=opts).save(0, t=torch.ones(4))
+        elif tiny is not None:
+            tiny.save(0, t=torch.ones(4))
+        extra, _ = peak_extra_rss(fn)
+        print(json.dumps({"extra": extra, "state": state_bytes(model, opt)}))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_p3_child(args: argparse.Namespace, kind: str, size: int, endpoint: str = "") -> int:
+    cmd = [sys.executable, os.path.abspath(__file__), "--p3-child", kind, "--size", str(size), "--endpoint", endpoint]
+    if args.dir:
+        cmd += ["--dir", args.dir]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return int(json.loads(out.strip().splitlines()[-1])["extra"])
+
+
 # ----- main ---------------------------------------------------------------------------------------------
 def machine() -> dict[str, str]:
     mem = ""
@@ -565,10 +613,15 @@ def main() -> None:
     ap.add_argument("--prune", type=int, default=1_000)
     ap.add_argument("--dir", default=None, help="local folder to write to (default: the temp dir)")
     ap.add_argument("--only", default="P1,P2,P3,P4,P5,P6,import", help="comma-separated cases")
+    ap.add_argument("--p3-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--endpoint", default="", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
     only = {c.strip() for c in args.only.split(",")}
+    if args.p3_child:
+        p3_child(args)
+        return
     logging.basicConfig(level=logging.WARNING)
     torch.manual_seed(0)
     if args.threads:

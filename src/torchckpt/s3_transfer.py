@@ -163,7 +163,7 @@ class S3MultipartWriter(io.RawIOBase):
                     Key=self.key,
                     UploadId=self._upload_id,
                     PartNumber=number,
-                    Body=buf,
+                    Body=BufferReader(buf),  # a stream: botocore/aiohttp then make no whole-part copies
                 ),
             )
         except CheckpointError:
