@@ -314,7 +314,10 @@ class CheckpointManager:
                 raise CheckpointNotFoundError(
                     f"version {info.version} was removed (pruned or deleted) from {self.root_url} while loading"
                 ) from exc
-            name = next((n for n in info.files if n in str(exc)), "a data file")
+            vdir = mf.version_dir(info.version)
+            name = next((n for n in info.files if n in str(exc)), None) or next(
+                (n for n in info.files if not self.storage.exists(f"{vdir}/{n}")), "a data file"
+            )
             expected = str(info.files.get(name, {}).get("checksum", "a recorded file"))
             raise ChecksumMismatchError(f"{info.url}/{name}", expected, "no such file") from exc
 
