@@ -267,3 +267,34 @@ def test_every_cli_command_fails_cleanly(tmp_path: Path, s3_backend: Any) -> Non
     # nothing above changed the good root
     assert [v.step for v in mgr.list()] == [1] and mgr.info(1).pinned and mgr.verify().ok
     assert not (tmp_path / "missing").exists()
+
+
+# ----- a malicious pickle in an export artifact -------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["program", "torchscript"])
+def test_malicious_export_artifact_runs_no_code(memory_backend: Any, tmp_path: Path, kind: str) -> None:
+    """An artifact replaced by a pickle, its recorded checksum updated to match, is refused unrun."""
+    import io
+
+    import torchckpt
+
+    net = torch.nn.Linear(4, 2)
+    mgr = memory_backend.manager()
+    info = mgr.save(1, model=net)
+    if kind == "program":
+        url, name = mgr.export_program(net, (torch.randn(1, 4),)), "model.pt2"
+    else:
+        url, name = mgr.export_torchscript(net), "model.pt"
+    marker = tmp_path / "pwned"
+    buf = io.BytesIO()
+    torch.save(Evil(str(marker)), buf)
+    data = buf.getvalue()
+    mgr.storage.write_bytes(f"exports/{info.version}/{name}", data)
+    doc = json.loads(mgr.storage.read_bytes(mf.MANIFEST))
+    doc["versions"][0]["exports"][name].update(size=len(data), checksum=checksum_bytes(data))
+    mgr.storage.write_bytes(mf.MANIFEST, json.dumps(doc).encode())
+    load = torchckpt.load_program if kind == "program" else torchckpt.load_torchscript
+    with pytest.raises(Exception) as err:  # TorchScript: not loadable; torch.export: UnsafeCheckpointError
+        load(url)
+    assert isinstance(err.value, torchckpt.CheckpointError), repr(err.value)
+    assert not isinstance(err.value, torchckpt.ChecksumMismatchError)  # refused for its content
+    assert not marker.exists()
