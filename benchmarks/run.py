@@ -515,9 +515,10 @@ def p6(args: argparse.Namespace, fs: Any, opts: dict[str, Any]) -> None:
 def import_time(args: argparse.Namespace) -> None:
     print("import torchckpt beyond import torch", flush=True)
     code = (
-        "import time,sys; t0=time.perf_counter(); import torch; t1=time.perf_counter(); import torchckpt; "
-        "t2=time.perf_counter(); heavy=[m for m in ('s3fs','boto3','botocore','aiobotocore','safetensors','filelock',"
-        "'numpy') if m in sys.modules]; print(t1-t0, t2-t1, ','.join(heavy))"
+        "import time,sys; t0=time.perf_counter(); import torch; t1=time.perf_counter(); had=set(sys.modules); "
+        "import torchckpt; t2=time.perf_counter(); heavy=[m for m in ('s3fs','boto3','botocore','aiobotocore',"
+        "'aiohttp','safetensors','filelock','numpy','fsspec') if m in sys.modules and m not in had]; "
+        "print(t1-t0, t2-t1, ','.join(heavy) or '-')"
     )
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
     torch_t, ours_t, heavy = [], [], ""
@@ -528,7 +529,7 @@ def import_time(args: argparse.Namespace) -> None:
         ours_t.append(float(b))
     row("imp", "import torchckpt after import torch", f"{fmt(torch_t)} (torch)", fmt(ours_t),
         f"+{statistics.median(ours_t) / statistics.median(torch_t) * 100:.0f}%", "(report)", None,
-        f"also loaded: {heavy or 'nothing heavy'}")
+        f"loaded by torchckpt (of s3fs, boto*, aiohttp, safetensors, filelock, numpy, fsspec): {heavy}")
 
 
 # ----- P3 in a fresh child process ----------------------------------------------------------------------
