@@ -336,11 +336,16 @@ class CallCounter:
         return await self._real(method, *a, **k)
 
     def __enter__(self) -> "CallCounter":
+        from fsspec.asyn import sync
+
         self.fs._call_s3 = self._counting
+        # ``fs.call_s3`` (the sync wrapper) is bound to the class's coroutine: route it here too
+        self.fs.call_s3 = lambda *a, **k: sync(self.fs.loop, self._counting, *a, **k)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         del self.fs._call_s3
+        del self.fs.call_s3
 
     @property
     def total(self) -> int:

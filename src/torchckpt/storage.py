@@ -249,7 +249,7 @@ class Storage:
                 except FileNotFoundError:
                     return None, None
                 try:
-                    return self.fs.cat_file(self.path(rel)), head["ETag"]
+                    return self.fs.cat_file(self.path(rel), max_concurrency=1), head["ETag"]  # no 2nd HEAD
                 except FileNotFoundError:
                     return None, None
         try:
