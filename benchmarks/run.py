@@ -321,6 +321,8 @@ def moto_server() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+        if not os.environ.get("TORCHCKPT_BENCH_KEEP_LOGS"):
+            os.unlink(log.name)
 
 
 class CallCounter:
