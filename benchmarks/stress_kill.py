@@ -48,14 +48,11 @@ def main() -> int:
         import logging
 
         import boto3
-        from moto.server import ThreadedMotoServer
+        from moto_s3 import start_server
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log per request
 
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+        server, endpoint = start_server()
         bucket = f"stress-{uuid.uuid4().hex[:12]}"
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
         root = f"s3://{bucket}/run"
