@@ -10,30 +10,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
-import torch
 
 from .errors import AsyncSaveError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def snapshot(value: Any) -> Any:
-    """A copy of every tensor in ``value`` on the CPU, so training may mutate the originals."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        copied = {k: snapshot(v) for k, v in value.items()}
-        return OrderedDict(copied) if isinstance(value, OrderedDict) else copied
-    if isinstance(value, list):
-        return [snapshot(v) for v in value]
-    if isinstance(value, tuple):
-        return tuple(snapshot(v) for v in value)
-    return value
 
 
 class AsyncSaver:

@@ -60,7 +60,7 @@ from . import rng
 from .errors import CheckpointError, ChecksumMismatchError, MissingObjectError, StorageError, UnsafeCheckpointError
 from .hashing import checksum_bytes, checksum_stream, digest_of, new_hasher
 from .records import Checkpoint, CheckpointInfo, new_version_id
-from .serialization import check_safe, load_from
+from .serialization import capture, check_safe, load_from
 
 if TYPE_CHECKING:
     from .manager import CheckpointManager
@@ -416,13 +416,7 @@ def _capture(name: str, obj: Any, objects: Mapping[str, Any]) -> Any:
         if owner is not None:
             return get_optimizer_state_dict(owner, obj)
         return obj.state_dict()
-    if isinstance(obj, torch.Tensor):
-        return obj.detach()
-    if hasattr(obj, "state_dict") and callable(obj.state_dict):
-        return obj.state_dict()
-    if isinstance(obj, Mapping):
-        return dict(obj)
-    raise TypeError(f"cannot save {name}={type(obj).__name__}: pass an object with state_dict(), a tensor or a dict")
+    return capture(name, obj)
 
 
 def _apply(name: str, obj: Any, state: Any, objects: Mapping[str, Any], strict: bool) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from . import manifest as mf
 from . import rng
-from .async_save import AsyncSaver, snapshot
+from .async_save import AsyncSaver
 from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -581,13 +581,16 @@ class CheckpointManager:
 
 
 # ----- helpers -------------------------------------------------------------------------------------------
-def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
-    clean: dict[str, float] = {}
+def _clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | None]:
+    clean: dict[str, float | None] = {}
     for key, value in dict(metrics or {}).items():
         if isinstance(value, torch.Tensor):
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"metric {key!r} must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):  # strict JSON has no NaN/Infinity: record "not available"
+            log.warning("metric %r is %s; recorded as null (never ranked as best)", key, value)
+            value = None
         clean[str(key)] = value
     return clean
 
