@@ -152,7 +152,7 @@ class CheckpointManager:
         metrics_clean = _clean_metrics(metrics)
         tags_clean = tuple(str(t) for t in tags)
         extra_clean = dict(extra or {})
-        if self.distributed is not False:  # sharded state / distributed=True: every rank saves through DCP
+        if self._may_shard():  # sharded state / distributed=True: every rank saves through DCP
             from . import distributed as shard
 
             if shard.wants_sharded(self.distributed, objects, extra_clean):
@@ -186,6 +186,12 @@ class CheckpointManager:
         return self._saver.submit(
             lambda: self._write(staged, module_bytes, **args), blocked_s=time.perf_counter() - started
         )
+
+    def _may_shard(self) -> bool:
+        """Cheap pre-check, so single-process users never pay DCP's ~0.7 s import."""
+        if self.distributed is not None:
+            return self.distributed
+        return torch.distributed.is_available() and torch.distributed.is_initialized()
 
     def _write(
         self,
