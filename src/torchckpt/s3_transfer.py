@@ -154,24 +154,25 @@ class S3MultipartWriter(io.RawIOBase):
             if self._upload_id is None:
                 mpu = _call(self.fs, "create_multipart_upload", Bucket=self.bucket, Key=self.key)
                 self._upload_id = mpu["UploadId"]
-            number, self._next_part = self._next_part, self._next_part + 1
-            fut = _run(
-                self.fs,
-                self.fs._call_s3(
-                    "upload_part",
-                    Bucket=self.bucket,
-                    Key=self.key,
-                    UploadId=self._upload_id,
-                    PartNumber=number,
-                    Body=BufferReader(buf),  # a stream: botocore/aiohttp then make no whole-part copies
-                ),
-            )
+            self._submit_part(buf, buf)
         except CheckpointError:
             raise
         except Exception as exc:
             raise self._fail(f"starting the upload of {self.path}", exc) from exc
-        self._inflight[fut] = (number, buf)
         self._reap(block=False)
+
+    def _submit_part(self, data: Any, buf: bytearray) -> None:
+        """Start uploading ``data`` as the next part; ``buf`` returns to the pool when it is done."""
+        number, self._next_part = self._next_part, self._next_part + 1
+        body = BufferReader(data)  # a stream: botocore/aiohttp then make no whole-part copies
+        fut = _run(
+            self.fs,
+            self.fs._call_s3(
+                "upload_part", Bucket=self.bucket, Key=self.key, UploadId=self._upload_id,
+                PartNumber=number, Body=body,
+            ),
+        )
+        self._inflight[fut] = (number, buf)
 
     # ----- finishing ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -196,19 +197,7 @@ class S3MultipartWriter(io.RawIOBase):
                 _call(self.fs, "put_object", Bucket=self.bucket, Key=self.key, Body=tail)
             else:
                 if tail:
-                    number, self._next_part = self._next_part, self._next_part + 1
-                    fut = _run(
-                        self.fs,
-                        self.fs._call_s3(
-                            "upload_part",
-                            Bucket=self.bucket,
-                            Key=self.key,
-                            UploadId=self._upload_id,
-                            PartNumber=number,
-                            Body=tail,
-                        ),
-                    )
-                    self._inflight[fut] = (number, bytearray())
+                    self._submit_part(tail, bytearray())
                 while self._inflight:
                     self._reap(block=True)
                 parts = sorted(self._parts, key=lambda p: p["PartNumber"])
