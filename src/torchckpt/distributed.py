@@ -59,7 +59,7 @@ from . import manifest as mf
 from . import rng
 from .errors import CheckpointError, ChecksumMismatchError, MissingObjectError, StorageError, UnsafeCheckpointError
 from .hashing import checksum_bytes, checksum_stream, digest_of, new_hasher
-from .records import Checkpoint, CheckpointInfo, new_version_id
+from .records import Checkpoint, CheckpointInfo, new_version_id, new_version_info
 from .serialization import capture, check_safe, load_from
 
 if TYPE_CHECKING:
@@ -637,20 +637,9 @@ def _commit(
     if missing or unknown:
         raise CheckpointError(f"files of {vid} do not match what the ranks wrote: missing {missing}, unknown {unknown}")
     files = dict(sorted(files.items()))
-    info = CheckpointInfo(
-        version=vid,
-        step=step,
-        epoch=epoch,
-        created_at=created,
-        metrics=metrics,
-        tags=tags,
-        size_bytes=sum(int(r["size"]) for r in files.values()),
-        files=files,
-        format="torch",
-        url=storage.url(mf.version_dir(vid)),
-        objects=objects,
-        torch_version=torch.__version__,
-        layout=LAYOUT,
+    info = new_version_info(
+        vid, files=files, url=storage.url(mf.version_dir(vid)), created_at=created,
+        step=step, epoch=epoch, metrics=metrics, tags=tags, objects=objects, layout=LAYOUT,
     )
     rec = info.to_record(with_index_fields=False)
     rec["world_size"] = world

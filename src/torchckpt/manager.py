@@ -6,7 +6,6 @@ what to write, in which order, and what a version selector means.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,7 +32,8 @@ from .errors import (
     StorageError,
     UnsafeCheckpointError,
 )
-from .records import Checkpoint, CheckpointInfo, check_version_id, new_version_id
+from .hashing import checksum_bytes, checksum_stream
+from .records import Checkpoint, CheckpointInfo, check_version_id, new_version_id, new_version_info
 from .retention import RetentionPolicy
 from .serialization import (
     MODULE_FILE,
@@ -213,27 +213,15 @@ class CheckpointManager:
                 with writer.open(MODULE_FILE) as f:
                     if isinstance(module, bytes):
                         f.write(module)
-                        from .hashing import checksum_bytes
-
                         files[MODULE_FILE] = {"size": len(module), "checksum": checksum_bytes(module)}
                     else:
                         files[MODULE_FILE] = save_pickled(module, f)
-            info = CheckpointInfo(
-                version=vid,
-                step=step,
-                epoch=epoch,
-                created_at=created,
-                metrics=metrics,
-                tags=tags,
-                size_bytes=sum(int(r["size"]) for r in files.values()),
-                files=files,
-                format=self.format,
-                url=self.storage.url(mf.version_dir(vid)),
+            info = new_version_info(
+                vid, files=files, url=self.storage.url(mf.version_dir(vid)), created_at=created,
+                step=step, epoch=epoch, metrics=metrics, tags=tags, format=self.format,
                 objects=tuple(payload["objects"]),
-                torch_version=torch.__version__,
             )
-            meta = json.dumps(info.to_record(with_index_fields=False), indent=1).encode()
-            writer.commit(mf.META, meta)
+            writer.commit(mf.META, mf.meta_bytes(info))
         except BaseException as exc:
             writer.abort()
             cause = _storage_cause(exc)  # torch.save turns a failed write into a RuntimeError
@@ -505,8 +493,6 @@ class CheckpointManager:
 
     def verify(self, version: Selector | None = None) -> VerifyReport:
         """Check sizes and checksums of one version or of all; never raises for bad data."""
-        from .hashing import checksum_stream
-
         report = VerifyReport()
         targets = self.list() if version is None else [self._resolve(version)]
         for info in targets:

@@ -117,6 +117,23 @@ class CheckpointInfo:
         return replace(self, **changes)
 
 
+def new_version_info(
+    version: str, *, files: dict[str, dict[str, Any]], url: str, created_at: datetime, **fields: Any
+) -> CheckpointInfo:
+    """The record of a version just written: its size is its files', its torch the running one."""
+    import torch  # already loaded by whoever wrote the files
+
+    return CheckpointInfo(
+        version=version,
+        created_at=created_at,
+        size_bytes=sum(int(r["size"]) for r in files.values()),
+        files=files,
+        url=url,
+        torch_version=torch.__version__,
+        **fields,
+    )
+
+
 @dataclass
 class Checkpoint:
     """What ``restore()`` returns: the record plus everything not loaded in place."""

@@ -21,7 +21,7 @@ from typing import IO, Any, Callable, Iterator, Union
 import torch
 
 from .errors import ChecksumMismatchError, UnsafeCheckpointError
-from .hashing import HashingWriter, checksum_bytes, checksum_stream
+from .hashing import HashingWriter, checksum_bytes
 
 log = logging.getLogger(__name__)
 

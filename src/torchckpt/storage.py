@@ -20,7 +20,7 @@ import os
 import posixpath
 import secrets
 import threading
-from typing import IO, Any, Callable, Iterator, Mapping
+from typing import IO, Any, Iterator, Mapping
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
