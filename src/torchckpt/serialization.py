@@ -83,9 +83,17 @@ def check_safe(value: Any, where: str) -> None:
 
 @contextlib.contextmanager
 def _no_torch_crc() -> Iterator[None]:
-    """Skip torch's zip CRC32 (a full extra pass): our streamed checksum covers every byte."""
-    from torch.utils.serialization import config
+    """Skip torch's zip CRC32 (a full extra pass): our streamed checksum covers every byte.
 
+    Older torch releases (>=2.6) without the switch simply keep computing it.
+    """
+    try:
+        from torch.utils.serialization import config
+    except ImportError:
+        config = None
+    if config is None or not hasattr(config.save, "compute_crc32"):
+        yield
+        return
     with _CONFIG_LOCK:
         old = config.save.compute_crc32
         config.save.compute_crc32 = False
