@@ -267,3 +267,19 @@ def test_removal_unlists_before_deleting(memory_backend: Any, monkeypatch: Any) 
     assert first.version not in seen[0]
     assert mgr.storage.exists(f"versions/{first.version}/meta.json")  # data still there: garbage
     assert first.version not in [v.version for v in mgr.list()]
+
+
+def test_save_with_retention_reads_and_writes_the_manifest_once(memory_backend: Any, monkeypatch: Any) -> None:
+    """Listing the new version and unlisting what retention drops is one compare-and-swap."""
+    mgr = memory_backend.manager(retention=RetentionPolicy(keep_last=1))
+    net = _net()
+    first = mgr.save(1, model=net)
+    calls: list[str] = []
+    real_read, real_write = mgr.storage.read_versioned, mgr.storage.write_conditional
+    monkeypatch.setattr(mgr.storage, "read_versioned", lambda *a, **k: calls.append("read") or real_read(*a, **k))
+    monkeypatch.setattr(mgr.storage, "write_conditional",
+                        lambda *a, **k: calls.append("write") or real_write(*a, **k))
+    second = mgr.save(2, model=net)
+    assert calls == ["read", "write"]
+    assert [v.version for v in mgr.list()] == [second.version]
+    assert not mgr.storage.exists(f"versions/{first.version}/meta.json")

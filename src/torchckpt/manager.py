@@ -228,18 +228,38 @@ class CheckpointManager:
             if cause is not None and not isinstance(exc, CheckpointError):
                 raise StorageError(f"saving step {step} to {self.root_url} failed: {cause}") from exc
             raise
-        mf.update(self.storage, lambda m: mf.Manifest(m.generation, m.versions + [info]))
+        removed = self._list_new(info)
         log.info(
             "saved %s (%.1f MB) to %s in %.2fs", vid, info.size_bytes / 1e6, self.root_url, time.perf_counter() - started
         )
-        if self.retention is not None:
-            # The version is committed: a failed prune must not make the save look failed
-            # (the caller would retry and duplicate it); the next save or ``prune`` retries.
+        if removed:
+            # The version is committed: a failed delete must not make the save look failed
+            # (the caller would retry and duplicate it); ``gc`` removes what is left.
             try:
-                self.prune()
+                self._delete_data(removed)
+                log.info("removed %d version(s) from %s", len(removed), self.root_url)
             except Exception as exc:
-                log.warning("retention after saving %s failed (will retry on the next save): %s", vid, exc)
+                log.warning("retention after saving %s failed to delete unlisted data: %s", vid, exc)
         return info
+
+    def _list_new(self, info: CheckpointInfo) -> list[CheckpointInfo]:
+        """List a committed version and unlist what retention drops, in one manifest update.
+
+        One read and one write per save instead of a second update for ``prune``;
+        returns the unlisted versions, whose data the caller deletes.
+        """
+        removed: list[CheckpointInfo] = []
+
+        def add(m: mf.Manifest) -> mf.Manifest:
+            versions = m.versions + [info]
+            removed.clear()
+            if self.retention is not None:
+                removed.extend(self.retention.to_remove(versions))  # never the newest (``info``)
+            gone = {v.version for v in removed}
+            return mf.Manifest(m.generation, [v for v in versions if v.version not in gone])
+
+        mf.update(self.storage, add)
+        return removed
 
     # ----- reading ----------------------------------------------------------------------------------
     def list(self) -> list[CheckpointInfo]:
