@@ -119,3 +119,25 @@ def test_s3_endpoint_from_environment(s3_backend, monkeypatch):
     mgr = CheckpointManager(s3_backend.url)  # no storage_options: AWS_ENDPOINT_URL is used
     assert mgr.latest() == info
     assert torch.equal(mgr.load()["w"], torch.ones(1))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null") or os.name != "posix", reason="needs /dev/null")
+def test_local_data_file_writes_every_byte_of_a_huge_buffer() -> None:
+    """write(2) moves at most ~2 GiB per call on Linux; a tensor that size must not be cut short.
+
+    /dev/null shows the kernel's cap without 2 GiB of disk (the untouched buffer costs no RAM).
+    Its fsync fails, which must still close the file.
+    """
+    import mmap
+
+    from torchckpt.storage import _FsyncOnClose
+
+    size = (2 << 30) + 8192
+    data = mmap.mmap(-1, size)  # anonymous, never touched: no memory is used
+    f = _FsyncOnClose("/dev/null")
+    written = f.write(data)
+    data.close()
+    assert written == size
+    with pytest.raises(OSError):
+        f.close()  # fsync of a character device: EINVAL
+    assert f.closed

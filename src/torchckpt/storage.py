@@ -334,10 +334,21 @@ class _FsyncOnClose(io.FileIO):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         super().__init__(path, "wb")
 
+    def write(self, data: Any) -> int:
+        """Write all of ``data``: one write(2) stops at ~2 GiB on Linux, and a tensor comes in one call."""
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += super().write(view[done:])
+        return done
+
     def close(self) -> None:
-        if not self.closed:
+        if self.closed:
+            return
+        try:
             os.fsync(self.fileno())
-        super().close()
+        finally:  # a failed fsync must not leak the descriptor
+            super().close()
 
 
 def _fsync_dir(path: str) -> None:
