@@ -158,3 +158,13 @@ def test_odd_folder_under_versions_ignored_by_repair(backend):
     fs.makedirs(f"{root}/versions/a b", exist_ok=True)
     fs.pipe_file(f"{root}/versions/a b/meta.json", json.dumps(meta).encode())
     assert [v.version for v in mgr.repair()] == [good.version]
+
+
+def test_best_with_fallback_ranks_the_scanned_versions_when_the_manifest_is_unreadable(memory_backend):
+    """restore("best", fallback=True) picks among the meta.json listing, not a second manifest read."""
+    mgr = memory_backend.manager(retention=RetentionPolicy(metric="val_loss", mode="min"))
+    v = _save_series(mgr)
+    mgr.storage.write_bytes("manifest.json", b"{not json")
+    with pytest.warns(UserWarning, match="falling back"):
+        ckpt = mgr.restore("best", fallback=True, w=torch.zeros(2))
+    assert ckpt.info.version == v[1].version and _w(ckpt) == 1.0

@@ -272,6 +272,11 @@ class CheckpointManager:
 
     def best(self, metric: str | None = None, mode: str | None = None) -> CheckpointInfo | None:
         """The version with the best ``metric`` (default: the retention policy's)."""
+        return self._best(self.list(), metric, mode)
+
+    def _best(
+        self, versions: list[CheckpointInfo], metric: str | None = None, mode: str | None = None
+    ) -> CheckpointInfo | None:
         metric = metric or (self.retention.metric if self.retention else None)
         mode = mode or (self.retention.mode if self.retention and self.retention.metric == metric else "min")
         if not metric:
@@ -280,7 +285,7 @@ class CheckpointManager:
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         scored = [
             v
-            for v in self.list()
+            for v in versions
             if isinstance(v.metrics.get(metric), (int, float)) and not math.isnan(v.metrics[metric])
         ]
         if not scored:
@@ -300,7 +305,7 @@ class CheckpointManager:
         if version == "latest":
             found = versions[-1] if versions else None
         elif version == "best":
-            found = self.best()
+            found = self._best(versions)  # among ``versions``: a fallback restore has no readable manifest
         elif isinstance(version, int) and not isinstance(version, bool):
             found = next((v for v in reversed(versions) if v.step == version), None)
         elif isinstance(version, str):
