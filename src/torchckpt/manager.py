@@ -555,7 +555,7 @@ class CheckpointManager:
         grace = older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
         now = time.time()
         listed = {v.version for v in self.list()}
-        _, leftovers = mf.committed_ids(self.storage)
+        committed, leftovers = mf.committed_ids(self.storage)  # one listing and a HEAD per version
         stale = []
         for name in leftovers:
             if name in listed:  # indexed but its meta.json is gone: verify reports it, repair restores it
@@ -567,7 +567,6 @@ class CheckpointManager:
             if name.startswith(".") and name.endswith(".tmp"):
                 if now - (self.storage.modified(name) or now) >= grace:
                     stale.append(name)
-        committed = set(mf.committed_ids(self.storage)[0])
         for name in self.storage.list_names("exports"):
             if name not in listed and name not in committed:
                 stale.append(f"exports/{name}")
