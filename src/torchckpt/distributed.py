@@ -57,9 +57,10 @@ from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadat
 
 from . import manifest as mf
 from . import rng
-from .errors import CheckpointError, ChecksumMismatchError, MissingObjectError, StorageError, UnsafeCheckpointError
+from .errors import CheckpointError, MissingObjectError, StorageError, UnsafeCheckpointError
 from .hashing import checksum_bytes, checksum_stream, digest_of, new_hasher
 from .records import Checkpoint, CheckpointInfo, new_version_id, new_version_info
+from .serialization import _compare as _compare_record
 from .serialization import capture, check_safe, load_from
 
 if TYPE_CHECKING:
@@ -276,13 +277,8 @@ class _StorageFS(_DcpFileSystem):
 
 
 def _compare(url: str, expected: Mapping[str, Any] | None, actual: str, size: int) -> None:
-    if not expected:
-        return
-    want = str(expected.get("checksum", ""))
-    if int(expected.get("size", size)) != size:
-        raise ChecksumMismatchError(url, f"{want} ({expected.get('size')} bytes)", f"{actual} ({size} bytes)")
-    if want and want != actual:
-        raise ChecksumMismatchError(url, want, actual)
+    if expected:
+        _compare_record(url, expected, actual, size)
 
 
 class _Writer(FsspecWriter):
