@@ -40,7 +40,7 @@ def plan_copy(
     if versions is None:
         chosen = listed
     else:
-        ids = {src.info(v).version for v in versions}
+        ids = {src._resolve(v, listed).version for v in versions}  # no manifest read per selector
         chosen = [v for v in listed if v.version in ids]
     present = {v.version for v in dst.list()}
     return [v for v in chosen if v.version not in present], [v for v in chosen if v.version in present]
