@@ -141,3 +141,18 @@ def test_local_data_file_writes_every_byte_of_a_huge_buffer() -> None:
     with pytest.raises(OSError):
         f.close()  # fsync of a character device: EINVAL
     assert f.closed
+
+
+def test_s3_manifest_read_for_a_compare_and_swap_is_one_request(s3_backend: Any) -> None:
+    """Content and ETag come from one GET (a HEAD first cost a request and could name newer content)."""
+    from faulty_fs import FaultyFS
+
+    inner = fsspec.filesystem("s3", **s3_backend.storage_options)
+    counted = FaultyFS(inner)
+    mgr = CheckpointManager(s3_backend.url, filesystem=counted)
+    mgr.save(1, w=torch.ones(2))
+    counted.reset_counts()
+    data, token = mgr.storage.read_versioned("manifest.json")
+    assert data and token and dict(counted.counts) == {"s3": 1}
+    assert mgr.storage.write_conditional("manifest.json", data + b" ", token)
+    assert not mgr.storage.write_conditional("manifest.json", data, token)  # the token was the old content's

@@ -242,14 +242,21 @@ class Storage:
     def read_versioned(self, rel: str) -> tuple[bytes | None, str | None]:
         """Content and a token (an ETag on S3) for ``write_conditional``."""
         if self.is_s3:
+            from fsspec.asyn import sync
+
             bucket, key, _ = self.fs.split_path(self.path(rel))
+
+            async def get() -> tuple[bytes, str]:
+                resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+                body = resp["Body"]
+                try:
+                    return await body.read(), resp["ETag"]
+                finally:
+                    body.close()
+
             with self.errors("reading", rel):
-                try:
-                    head = self.fs.call_s3("head_object", Bucket=bucket, Key=key)
-                except FileNotFoundError:
-                    return None, None
-                try:
-                    return self.fs.cat_file(self.path(rel), max_concurrency=1), head["ETag"]  # no 2nd HEAD
+                try:  # one GET: the content and the ETag of that very content (a HEAD first was 2 requests)
+                    return sync(self.fs.loop, get)
                 except FileNotFoundError:
                     return None, None
         try:
