@@ -156,3 +156,14 @@ def test_s3_manifest_read_for_a_compare_and_swap_is_one_request(s3_backend: Any)
     assert data and token and dict(counted.counts) == {"s3": 1}
     assert mgr.storage.write_conditional("manifest.json", data + b" ", token)
     assert not mgr.storage.write_conditional("manifest.json", data, token)  # the token was the old content's
+
+
+def test_verify_turns_an_unreadable_data_file_into_a_storage_error(local_backend: Any) -> None:
+    """verify() reads files itself: a backend failure must still be a CheckpointError, not a raw OSError."""
+    mgr = local_backend.manager()
+    info = mgr.save(1, w=torch.ones(2))
+    path = pathlib.Path(mgr.storage.path(f"versions/{info.version}/{next(iter(info.files))}"))
+    path.unlink()
+    path.mkdir()  # reading it fails with IsADirectoryError
+    with pytest.raises(StorageError, match="verifying"):
+        mgr.verify()

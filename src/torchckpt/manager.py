@@ -533,8 +533,8 @@ class CheckpointManager:
                 report.problems.append((info.version, f"{mf.META} is damaged: {exc}"))
             for name, expected in info.files.items():
                 rel = f"{vdir}/{name}"
-                try:
-                    with self.storage.fs.open(self.storage.path(rel), "rb") as f:
+                try:  # a backend failure is a StorageError, not a raw OSError/botocore error
+                    with self.storage.errors("verifying", rel), self.storage.fs.open(self.storage.path(rel), "rb") as f:
                         actual, size = checksum_stream(f)
                 except FileNotFoundError:
                     report.problems.append((info.version, f"{name} is missing"))
