@@ -248,7 +248,7 @@ def list_cmd(root: str, metric: str | None, mode: str, opts: Opts) -> None:
     mgr = open_manager(root, opts)
     versions = mgr.list()
     latest = versions[-1].version if versions else None
-    best = mgr.best(metric, mode) if metric else None
+    best = mgr._best(versions, metric, mode) if metric else None  # ranks the listing already read
     best_id = best.version if best else None
     if opts.json:
         _emit_json({
