@@ -58,7 +58,7 @@ from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadat
 from . import manifest as mf
 from . import rng
 from .errors import CheckpointError, MissingObjectError, StorageError, UnsafeCheckpointError
-from .hashing import checksum_bytes, checksum_stream, digest_of, new_hasher
+from .hashing import checksum_bytes, checksum_file, digest_of, new_hasher
 from .records import Checkpoint, CheckpointInfo, new_version_id, new_version_info
 from .serialization import _compare as _compare_record
 from .serialization import capture, check_safe, load_from
@@ -250,15 +250,11 @@ class _StorageFS(_DcpFileSystem):
         if self.verify and want is None:
             raise CheckpointError(f"{self.storage.fs.unstrip_protocol(path)} is not listed in the version's meta.json")
         if self.storage.is_local:
-            f = open(path, "rb")
-            try:
-                if self.verify:
-                    actual, size = checksum_stream(f)
-                    _compare(self.storage.fs.unstrip_protocol(path), want, actual, size)
-                    f.seek(0)
+            if self.verify:  # hashed from a memory map: the pages stay cached for DCP's read
+                actual, size = checksum_file(path)
+                _compare(self.storage.fs.unstrip_protocol(path), want, actual, size)
+            with open(path, "rb") as f:
                 yield f
-            finally:
-                f.close()
             return
         data = self.fs.cat_file(path)
         if self.verify:
