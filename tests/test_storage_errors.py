@@ -167,3 +167,15 @@ def test_verify_turns_an_unreadable_data_file_into_a_storage_error(local_backend
     path.mkdir()  # reading it fails with IsADirectoryError
     with pytest.raises(StorageError, match="verifying"):
         mgr.verify()
+
+
+def test_local_manifest_lock_timeout_is_a_storage_error(local_backend: Any, monkeypatch: Any) -> None:
+    """Another writer holding the manifest lock too long: a StorageError, not filelock's Timeout."""
+    import filelock
+
+    mgr = local_backend.manager()
+    real = filelock.FileLock
+    monkeypatch.setattr(filelock, "FileLock", lambda path, timeout: real(path, timeout=0.1))
+    with real(mgr.storage.path(".manifest.lock")):
+        with pytest.raises(StorageError, match="another writer"):
+            mgr.save(1, w=torch.ones(2))

@@ -227,10 +227,19 @@ class Storage:
     def lock(self, name: str) -> Iterator[None]:
         """Serialise writers where the backend has no conditional write."""
         if self.is_local:
-            from filelock import FileLock
+            from filelock import FileLock, Timeout
 
-            with FileLock(self.path(f".{name}.lock"), timeout=120):
+            lock = FileLock(self.path(f".{name}.lock"), timeout=120)
+            try:
+                lock.acquire()
+            except Timeout as exc:
+                raise StorageError(
+                    f"could not lock {self.url(name)} within {lock.timeout:g} s: another writer holds it"
+                ) from exc
+            try:
                 yield
+            finally:
+                lock.release()
         elif self.is_memory:
             with _MEMORY_LOCKS_GUARD:
                 lk = _MEMORY_LOCKS.setdefault(self.path(name), threading.RLock())
