@@ -168,3 +168,20 @@ def test_best_with_fallback_ranks_the_scanned_versions_when_the_manifest_is_unre
     with pytest.warns(UserWarning, match="falling back"):
         ckpt = mgr.restore("best", fallback=True, w=torch.zeros(2))
     assert ckpt.info.version == v[1].version and _w(ckpt) == 1.0
+
+
+def test_tensor_summary_of_latest_describes_the_version_it_resolved(memory_backend):
+    """A save landing between resolving 'latest' and loading it must not mix two versions."""
+    from torchckpt.summary import tensor_summary
+
+    mgr = memory_backend.manager()
+    mgr.save(1, w=torch.zeros(2))
+    real_info = mgr.info
+
+    def info_then_a_concurrent_save(version):
+        found = real_info(version)
+        mgr.save(2, w=torch.zeros(5))
+        return found
+
+    mgr.info = info_then_a_concurrent_save
+    assert [t.shape for t in tensor_summary(mgr, "latest")] == [(2,)]

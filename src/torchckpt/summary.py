@@ -38,5 +38,5 @@ def tensor_summary(manager: Any, version: Any = "latest") -> list[TensorSummary]
         from .safetensors_format import summarize
 
         return [TensorSummary(*row) for row in summarize(manager.storage, info)]
-    state = manager.load(version, map_location="cpu")
+    state = manager.load(info, map_location="cpu")  # the resolved version, even if a save lands meanwhile
     return list(_walk("", state))
