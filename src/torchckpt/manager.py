@@ -32,7 +32,7 @@ from .errors import (
     StorageError,
     UnsafeCheckpointError,
 )
-from .hashing import checksum_bytes, checksum_stream
+from .hashing import checksum_bytes, checksum_file, checksum_stream
 from .records import Checkpoint, CheckpointInfo, check_version_id, new_version_id, new_version_info
 from .retention import RetentionPolicy
 from .serialization import (
@@ -534,8 +534,12 @@ class CheckpointManager:
             for name, expected in info.files.items():
                 rel = f"{vdir}/{name}"
                 try:  # a backend failure is a StorageError, not a raw OSError/botocore error
-                    with self.storage.errors("verifying", rel), self.storage.fs.open(self.storage.path(rel), "rb") as f:
-                        actual, size = checksum_stream(f)
+                    with self.storage.errors("verifying", rel):
+                        if self.storage.is_local:  # from a memory map: no copies through a file object
+                            actual, size = checksum_file(self.storage.path(rel))
+                        else:
+                            with self.storage.fs.open(self.storage.path(rel), "rb") as f:
+                                actual, size = checksum_stream(f)
                 except FileNotFoundError:
                     report.problems.append((info.version, f"{name} is missing"))
                     continue
