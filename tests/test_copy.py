@@ -218,23 +218,24 @@ def test_cli_copy(tmp_path: Path, s3_backend: Any) -> None:
 def test_progress_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from torchckpt import cli as cli_mod
+    import sys
+
+    from torchckpt.cli.output import Progress
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
             return True
 
     tty = Tty()
-    monkeypatch.setattr(cli_mod.sys, "stderr", tty)
-    with cli_mod._progress(1 << 20, cli_mod.Opts()) as update:
+    monkeypatch.setattr(sys, "stderr", tty)
+    with Progress(1 << 20, quiet=False) as update:
         assert update is not None
         update(1 << 19)
     assert "copying" in tty.getvalue()
-    for opts in (cli_mod.Opts(quiet=True), cli_mod.Opts(json_out=True)):
-        with cli_mod._progress(1 << 20, opts) as update:
-            assert update is None
-    monkeypatch.setattr(cli_mod.sys, "stderr", io.StringIO())
-    with cli_mod._progress(1 << 20, cli_mod.Opts()) as update:
+    with Progress(1 << 20, quiet=True) as update:  # --quiet and --json
+        assert update is None
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    with Progress(1 << 20, quiet=False) as update:
         assert update is None
 
 

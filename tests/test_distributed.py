@@ -90,7 +90,7 @@ def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_di
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor
 
-    import torchckpt.distributed as shard
+
 
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
@@ -140,14 +140,16 @@ def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_di
         assert torch.equal(ckpt.extra["cursor"], torch.arange(8.0) + 2)  # a DTensor in extra: back whole
 
         # 3. a rank failing mid-save: nothing committed on any rank, gc finds nothing it must keep
-        real_write = shard._HashingStream.write
+        from torchckpt.hashing import HashingWriter
+
+        real_write = HashingWriter.write
         if rank == 1:
             def failing(self: Any, data: Any) -> int:
                 if self.size > 0:
                     raise OSError("injected disk failure")
                 return real_write(self, data)
 
-            shard._HashingStream.write = failing  # type: ignore[method-assign]
+            HashingWriter.write = failing  # type: ignore[method-assign]
         try:
             mgr.save(3, model=model, optimizer=opt2, extra=extra(3))
         except CheckpointError as exc:
@@ -156,7 +158,7 @@ def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_di
         else:
             failed = False
         finally:
-            shard._HashingStream.write = real_write  # type: ignore[method-assign]
+            HashingWriter.write = real_write  # type: ignore[method-assign]
         assert failed, "a failed rank must fail the save on every rank"
 
         class Broken:  # fails while the state is built, before DCP: no rank may hang in a collective

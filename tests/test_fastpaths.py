@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from torchckpt import CheckpointError, ChecksumMismatchError, CheckpointManager
-from torchckpt import s3_transfer
+from torchckpt.storage import s3_transfer
 from torchckpt.staging import StagingPool
 
 MiB = 1 << 20
@@ -179,7 +179,7 @@ def test_manager_reuses_staging_buffers_across_async_saves(local_backend: Any) -
 
 def test_async_failure_surfaces_on_next_call(local_backend: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from torchckpt import AsyncSaveError
-    from torchckpt import serialization
+    from torchckpt.formats import pickling as serialization
 
     model = _model()
     with local_backend.manager() as mgr:

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from torchckpt import lifecycle
 from torchckpt import CheckpointInfo, CheckpointManager, RetentionPolicy
 from torchckpt.errors import CheckpointError
 
@@ -243,7 +244,7 @@ def test_failed_retention_does_not_fail_a_committed_save(memory_backend: Any, mo
     def broken(*_: Any, **__: Any) -> None:
         raise OSError("storage hiccup")
 
-    monkeypatch.setattr(mgr, "_delete_data", broken)
+    monkeypatch.setattr(lifecycle, "delete_data", broken)
     info = mgr.save(2, model=net)
     assert mgr.latest().version == info.version
     assert "retention" in caplog.text
@@ -257,11 +258,11 @@ def test_removal_unlists_before_deleting(memory_backend: Any, monkeypatch: Any) 
     mgr.save(2, model=net)
     seen: list[list[str]] = []
 
-    def crash(infos: list[CheckpointInfo]) -> None:
+    def crash(storage: Any, infos: list[CheckpointInfo]) -> None:
         seen.append([v.version for v in CheckpointManager(memory_backend.url).list()])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mgr, "_delete_data", crash)
+    monkeypatch.setattr(lifecycle, "delete_data", crash)
     with pytest.raises(KeyboardInterrupt):
         mgr.prune(RetentionPolicy(keep_last=1))
     assert first.version not in seen[0]

@@ -13,7 +13,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import load_file
 
 from torchckpt import CheckpointManager, ChecksumMismatchError
-from torchckpt import safetensors_format as stf
+from torchckpt.formats import safetensors_file as stf
 from torchckpt.summary import tensor_summary
 
 
@@ -47,7 +47,7 @@ def _trained(seed: int = 0) -> tuple[TiedLM, torch.optim.Optimizer, Any]:
 def _file_tensors(mgr: CheckpointManager, version: str, name: str) -> dict[str, torch.Tensor]:
     """Read a stored file with the safetensors library itself (no torchckpt code involved)."""
     rel = f"versions/{version}/{name}"
-    if mgr.storage.is_local:
+    if mgr.storage.kind == "local":
         return load_file(mgr.storage.path(rel))
     return st_load(mgr.storage.read_bytes(rel))
 
@@ -200,8 +200,8 @@ def test_map_location(memory_backend: Any) -> None:
     assert seen and set(seen) == {"cpu"}
     # The default never fails for a device this machine lacks: such tensors land on the CPU.
     t = torch.ones(2)
-    assert stf._place(t, "cuda:7", None).device.type == ("cuda" if torch.cuda.device_count() > 7 else "cpu")
-    assert stf._place(t, "cuda:7", {"cuda:7": "cpu"}).device.type == "cpu"
+    assert stf.place(t, "cuda:7", None).device.type == ("cuda" if torch.cuda.device_count() > 7 else "cpu")
+    assert stf.place(t, "cuda:7", {"cuda:7": "cpu"}).device.type == "cpu"
 
 
 def test_show_summary_reads_headers_only(backend: Any, monkeypatch: Any) -> None:
@@ -247,7 +247,7 @@ def test_async_save(memory_backend: Any) -> None:
 
 def test_large_file_on_s3_uses_ranged_fetch(s3_backend: Any, monkeypatch: Any) -> None:
     """Files of 8 MiB and more come from S3 straight into one buffer; checksums still apply."""
-    from torchckpt import s3_transfer
+    from torchckpt.storage import s3_transfer
 
     fetched: list[str] = []
     real_fetch = s3_transfer.fetch

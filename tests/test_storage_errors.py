@@ -130,7 +130,7 @@ def test_local_data_file_writes_every_byte_of_a_huge_buffer() -> None:
     """
     import mmap
 
-    from torchckpt.storage import _FsyncOnClose
+    from torchckpt.storage.local import FsyncOnClose as _FsyncOnClose
 
     size = (2 << 30) + 8192
     data = mmap.mmap(-1, size)  # anonymous, never touched: no memory is used

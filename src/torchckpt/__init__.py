@@ -15,7 +15,8 @@ from .errors import (
     StorageError,
     UnsafeCheckpointError,
 )
-from .manager import CheckpointManager, VerifyReport
+from .maintenance import VerifyReport
+from .manager import CheckpointManager
 from .records import Checkpoint, CheckpointInfo
 from .retention import RetentionPolicy
 

@@ -188,7 +188,7 @@ def _export_best(mgr: CheckpointManager, best: CheckpointInfo, x: torch.Tensor, 
 
 
 def _print_versions(result: DemoResult, say: Callable[[str], Any]) -> None:
-    from .cli import table  # one table format for the whole command line
+    from .text import table  # one table format for the whole command line
 
     latest = result.versions[-1].version if result.versions else None
     rows = []

@@ -39,7 +39,6 @@ import logging
 import os
 import posixpath
 import re
-import secrets
 import warnings
 import zipfile
 from datetime import datetime, timezone
@@ -54,13 +53,12 @@ from .errors import (
     MissingObjectError,
     UnsafeCheckpointError,
 )
-from .hashing import checksum_bytes, new_hasher, digest_of
-from .storage import Storage
+from .hashing import HashingWriter, checksum_bytes, verify_record
+from .layout import EXPORTS, export_path, is_plain_name
+from .storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
-EXPORTS = "exports"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}$")
 
 
 # ----- small helpers ------------------------------------------------------------------------------------
@@ -79,7 +77,7 @@ def quiet_jit() -> Iterator[None]:
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not is_plain_name(name):
         raise ValueError(f"export name {name!r} must be a plain file name ([A-Za-z0-9_.-], no '..')")
     return name
 
@@ -92,29 +90,6 @@ def _as_args(example_inputs: Any) -> tuple[Any, ...]:
     if not isinstance(example_inputs, tuple):
         raise TypeError("example_inputs must be a tensor or a tuple of the model's positional inputs")
     return example_inputs
-
-
-class _HashingStream(io.RawIOBase):
-    """A write-only stream that checksums and counts what passes through to ``raw``."""
-
-    def __init__(self, raw: Any) -> None:
-        super().__init__()
-        self.raw = raw
-        self.hasher = new_hasher()
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        self.hasher.update(view)
-        self.size += len(view)
-        self.raw.write(view)
-        return len(view)
-
-    def record(self) -> dict[str, Any]:
-        return {"size": self.size, "checksum": digest_of(self.hasher)}
 
 
 @contextlib.contextmanager
@@ -133,7 +108,7 @@ def _load_version_weights(
     manager: Any, model: torch.nn.Module, version: Any, object_name: str | None
 ) -> Any:
     """Load the chosen version's weights into ``model`` (restore semantics); returns its info."""
-    info = manager._resolve(version)
+    info = manager.resolve(version)
     objects = manager.load(info, map_location="cpu")
     if object_name is None:
         if "model" in objects:
@@ -151,29 +126,11 @@ def _load_version_weights(
 
 
 def _write_artifact(storage: Storage, rel: str, produce: Any) -> dict[str, Any]:
-    """Stream an artifact to ``rel``; on a local disk via a temporary file renamed into place."""
-    target = rel
-    if storage.is_local:
-        folder, base = posixpath.split(rel)
-        target = posixpath.join(folder, f".{base}.{secrets.token_hex(4)}.tmp")
-    try:
-        with storage.errors("writing", rel):
-            with storage.open_write(target) as raw:
-                stream = _HashingStream(raw)
-                produce(stream)
-                record = stream.record()
-                if storage.is_local:  # on the disk before it gets its final name
-                    raw.flush()
-                    os.fsync(raw.fileno())
-            if storage.is_local:
-                os.replace(storage.path(target), storage.path(rel))
-    except BaseException:
-        if target != rel:
-            with contextlib.suppress(Exception):
-                storage.remove([target])
-        raise
-    storage.invalidate(posixpath.dirname(rel))
-    return record
+    """Stream an artifact to ``rel``, checksummed; it appears only once complete."""
+    with storage.atomic_writer(rel) as raw:
+        stream = HashingWriter(raw, close_raw=False)
+        produce(stream)
+    return stream.record()
 
 
 def _record(manager: Any, info: Any, name: str, rel: str, entry: dict[str, Any]) -> None:
@@ -196,7 +153,7 @@ def _record(manager: Any, info: Any, name: str, rel: str, entry: dict[str, Any])
 
 
 def _export(manager: Any, info: Any, name: str, kind: str, produce: Any, **details: Any) -> str:
-    rel = f"{EXPORTS}/{info.version}/{name}"
+    rel = export_path(info.version, name)
     record = _write_artifact(manager.storage, rel, produce)
     entry = {
         "kind": kind,
@@ -230,7 +187,7 @@ def export_torchscript(
     ``"model"``, or the only object). TorchScript is deprecated upstream: prefer
     ``export_program``.
     """
-    manager._check_writable()
+    manager.check_writable()
     _check_name(name)
     if method not in ("script", "trace"):
         raise ValueError(f"method must be 'script' or 'trace', got {method!r}")
@@ -260,7 +217,7 @@ def export_program(
     statistics). ``dynamic_shapes`` is passed to ``torch.export.export`` (e.g.
     ``({0: torch.export.Dim("batch")},)`` to accept any batch size).
     """
-    manager._check_writable()
+    manager.check_writable()
     _check_name(name)
     args = _as_args(example_inputs)
     info = _load_version_weights(manager, model, version, object_name)
@@ -279,9 +236,9 @@ def _locate(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Storag
     head, sep, tail = url.rpartition(f"/{EXPORTS}/")
     parts = tail.split("/")
     if sep and head and len(parts) == 2 and all(parts):
-        return Storage(head, storage_options=storage_options), f"{EXPORTS}/{tail}", (parts[0], parts[1])
+        return open_storage(head, storage_options=storage_options), f"{EXPORTS}/{tail}", (parts[0], parts[1])
     folder, base = posixpath.split(url.replace("\\", "/"))
-    return Storage(folder or ".", storage_options=storage_options), base, None
+    return open_storage(folder or ".", storage_options=storage_options), base, None
 
 
 def _expected(storage: Storage, where: tuple[str, str] | None) -> dict[str, Any] | None:
@@ -297,13 +254,11 @@ def _expected(storage: Storage, where: tuple[str, str] | None) -> dict[str, Any]
 
 
 def _read(url: str, storage_options: Mapping[str, Any] | None, verify: bool) -> bytes:
-    from .serialization import _compare
-
     storage, rel, where = _locate(url, storage_options)
     data = storage.read_bytes(rel)
     expected = _expected(storage, where) if verify else None
     if expected:
-        _compare(storage.url(rel), expected, checksum_bytes(data), len(data))
+        verify_record(storage.url(rel), expected, checksum_bytes(data), len(data))
     return data
 
 

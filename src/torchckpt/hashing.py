@@ -6,9 +6,13 @@ network, and is what ``meta.json`` records as ``"xxh3_128:<hex>"``.
 
 from __future__ import annotations
 
-from typing import IO, BinaryIO
+import io
+from collections.abc import Mapping
+from typing import IO, Any, BinaryIO, Callable
 
 import xxhash
+
+from .errors import ChecksumMismatchError
 
 ALGORITHM = "xxh3_128"
 _CHUNK = 16 << 20
@@ -61,37 +65,81 @@ def checksum_file(path: str) -> tuple[str, int]:
     return digest_of(h), size
 
 
-class HashingWriter:
-    """File-like wrapper that checksums and counts every byte written through it."""
+def verify_record(url: str, expected: Mapping[str, Any], actual: str, size: int) -> None:
+    """Compare what was read (checksum, size) with a version record's entry for that file.
 
-    def __init__(self, raw: BinaryIO | IO[bytes]) -> None:
+    Args:
+        url: the file, for the error message.
+        expected: the record's ``{"size", "checksum"}`` (either may be absent).
+        actual: the checksum of what was read.
+        size: the number of bytes read.
+
+    Raises:
+        ChecksumMismatchError: the size or the checksum differs.
+    """
+    want = str(expected.get("checksum", ""))
+    if int(expected.get("size", size)) != size:
+        raise ChecksumMismatchError(url, f"{want} ({expected.get('size')} bytes)", f"{actual} ({size} bytes)")
+    if want and want != actual:
+        raise ChecksumMismatchError(url, want, actual)
+
+
+class HashingWriter(io.RawIOBase):
+    """A write-only stream that checksums and counts every byte on its way to ``raw``.
+
+    The one hashing writer of the package: formats, exports and the DCP adapter all
+    write through it. ``on_close(checksum, size)`` is called once when it closes.
+    """
+
+    def __init__(
+        self, raw: IO[bytes] | BinaryIO, on_close: Callable[[str, int], None] | None = None, *, close_raw: bool = True
+    ) -> None:
+        super().__init__()
         self.raw = raw
         self.hasher = new_hasher()
         self.size = 0
-
-    def write(self, data: bytes | memoryview) -> int:
-        self.hasher.update(data)
-        self.size += len(data)
-        return self.raw.write(data) or len(data)
-
-    def flush(self) -> None:
-        self.raw.flush()
+        self._on_close = on_close
+        self._close_raw = close_raw
 
     def writable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: Any) -> int:
+        view = data if isinstance(data, (bytes, bytearray)) else memoryview(data).cast("B")
+        self.raw.write(view)
+        self.hasher.update(view)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def fileno(self) -> int:
+        return self.raw.fileno()
+
     def close(self) -> None:
-        self.raw.close()
+        if self.closed:
+            return
+        super().close()
+        if self._close_raw:
+            self.raw.close()
+        if self._on_close is not None:
+            self._on_close(self.checksum, self.size)
+
+    def __del__(self) -> None:  # never close ``raw`` behind its owner's back (IOBase would)
+        pass
 
     @property
     def checksum(self) -> str:
+        """``"xxh3_128:<hex>"`` of everything written so far."""
         return digest_of(self.hasher)
 
-    def record(self) -> dict[str, object]:
+    def record(self) -> dict[str, Any]:
+        """``{"size", "checksum"}`` as a version record stores it."""
         return {"size": self.size, "checksum": self.checksum}
-
-    def __enter__(self) -> "HashingWriter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -15,14 +15,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import CheckpointError, ManifestError
-from .records import CheckpointInfo, check_version_id
-from .storage import STAGING_PREFIX, Storage
+from .layout import MANIFEST, META, STAGING_PREFIX, VERSIONS, check_version_id, meta_path, version_dir
+from .records import CheckpointInfo, meta_bytes
+from .storage import Storage
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-VERSIONS = "versions"
-META = "meta.json"
 FORMAT_VERSION = 1
 _CAS_ATTEMPTS = 50
 
@@ -40,10 +38,6 @@ class Manifest:
 
     def replace(self, info: CheckpointInfo) -> None:
         self.versions = [info if v.version == info.version else v for v in self.versions]
-
-
-def version_dir(version: str) -> str:
-    return f"{VERSIONS}/{check_version_id(version)}"
 
 
 def encode(manifest: Manifest) -> bytes:
@@ -142,7 +136,7 @@ def update(
 
 
 def read_meta(storage: Storage, version: str) -> CheckpointInfo:
-    data = storage.read_bytes(f"{version_dir(version)}/{META}")
+    data = storage.read_bytes(meta_path(version))
     try:
         rec = json.loads(data)
     except ValueError as exc:
@@ -165,7 +159,7 @@ def committed_ids(storage: Storage) -> tuple[list[str], list[str]]:
         except CheckpointError:
             log.warning("ignoring unexpected entry %s under versions/", name)
             continue
-        (committed if storage.exists(f"{VERSIONS}/{name}/{META}") else leftovers).append(name)
+        (committed if storage.exists(meta_path(name)) else leftovers).append(name)
     return committed, leftovers
 
 
@@ -202,13 +196,8 @@ def rebuild(storage: Storage) -> Manifest:
     result = update(storage, change, tolerate_corrupt=True)
     for info in restored:  # after the update, so a concurrent change that dropped it wins
         if result.find(info.version) is not None:
-            storage.write_bytes(f"{version_dir(info.version)}/{META}", meta_bytes(info))
+            storage.write_bytes(meta_path(info.version), meta_bytes(info))
     return result
-
-
-def meta_bytes(info: CheckpointInfo) -> bytes:
-    """The ``meta.json`` content of a version (what ``save`` writes)."""
-    return json.dumps(info.to_record(with_index_fields=False), indent=1).encode()
 
 
 def _data_present(storage: Storage, info: CheckpointInfo) -> bool:

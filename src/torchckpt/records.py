@@ -6,43 +6,13 @@ The same record is stored in ``meta.json`` (immutable) and, plus ``pinned`` and
 
 from __future__ import annotations
 
-import re
-import secrets
+import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from .errors import CheckpointError
-
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-
-
-def new_version_id(step: int, now: datetime | None = None) -> str:
-    """A readable, URL-safe id that sorts by time; the suffix keeps writers apart."""
-    now = now or datetime.now(timezone.utc)
-    stamp = now.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    return f"{stamp}-step{step:06d}-{secrets.token_hex(3)}"
-
-
-def check_version_id(version: str) -> str:
-    """Reject ids that could escape the root or confuse a URL (``..``, ``/``, ...)."""
-    if not isinstance(version, str) or not _ID_RE.match(version) or ".." in version:
-        raise CheckpointError(
-            f"invalid version id {version!r}: ids use only [A-Za-z0-9._-], "
-            "start with a letter or digit and contain no '..'"
-        )
-    return version
-
-
-_FILE_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,199}$")
-
-
-def check_file_name(name: str) -> str:
-    """A file named by a record lives directly in its version (or export) folder: no paths."""
-    if not isinstance(name, str) or not _FILE_RE.match(name) or ".." in name or name == ".":
-        raise CheckpointError(f"invalid file name {name!r} in a version record: only plain names are allowed")
-    return name
-
+from .layout import check_file_name, check_version_id
 
 def _parse_time(value: str) -> datetime:
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -132,6 +102,18 @@ def new_version_info(
         torch_version=torch.__version__,
         **fields,
     )
+
+
+def meta_bytes(info: CheckpointInfo, extra: Mapping[str, Any] | None = None) -> bytes:
+    """The ``meta.json`` content of a version: its record without the index-only fields.
+
+    Args:
+        info: the version's record.
+        extra: layout-specific fields stored beside it (e.g. a sharded save's ``world_size``).
+    """
+    rec = info.to_record(with_index_fields=False)
+    rec.update(extra or {})
+    return json.dumps(rec, indent=1).encode()
 
 
 @dataclass

@@ -10,15 +10,16 @@ about one root, so the destination keeps its own).
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
-import posixpath
-from typing import IO, Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO, Any
 
 from . import manifest as mf
 from .errors import CheckpointError, ChecksumMismatchError, ReadOnlyError
 from .hashing import digest_of, new_hasher
+from .layout import META, export_path, meta_path, version_dir, version_file
+from .lifecycle import list_version
 from .manager import CheckpointManager
 from .records import CheckpointInfo
 
@@ -40,7 +41,7 @@ def plan_copy(
     if versions is None:
         chosen = listed
     else:
-        ids = {src._resolve(v, listed).version for v in versions}  # no manifest read per selector
+        ids = {src.resolve(v, listed).version for v in versions}  # no manifest read per selector
         chosen = [v for v in listed if v.version in ids]
     present = {v.version for v in dst.list()}
     return [v for v in chosen if v.version not in present], [v for v in chosen if v.version in present]
@@ -76,7 +77,7 @@ def _copy_one(
     src: CheckpointManager, dst: CheckpointManager, listed: CheckpointInfo, progress: Progress | None
 ) -> CheckpointInfo:
     vid = listed.version
-    vdir = mf.version_dir(vid)
+    vdir = version_dir(vid)
     meta_bytes = _read_meta_bytes(src, vid)
     meta = CheckpointInfo.from_record(json.loads(meta_bytes))
     if meta.files != listed.files:
@@ -84,7 +85,7 @@ def _copy_one(
             f"version {vid} at {src.root_url}: meta.json and the manifest disagree on its files; "
             f"run `torchckpt repair {src.root_url}` first"
         )
-    if dst.storage.exists(f"{vdir}/{mf.META}"):
+    if dst.storage.exists(meta_path(vid)):
         _check_existing(dst, meta)  # committed by an earlier, interrupted copy: verify and list it
     else:
         writer = dst.storage.version_writer(vdir)
@@ -92,28 +93,20 @@ def _copy_one(
             with dst.storage.errors("writing", vdir):  # source errors are CheckpointErrors and pass through
                 for name, record in meta.files.items():
                     with writer.open(name) as out:
-                        _stream(src, f"{vdir}/{name}", out, record, progress)
-            writer.commit(mf.META, meta_bytes)
+                        _stream(src, version_file(vid, name), out, record, progress)
+            writer.commit(META, meta_bytes)
         except BaseException:
             writer.abort()
             raise
     exports = _copy_exports(src, dst, listed, progress)
     info = meta.with_(pinned=False, exports=exports, url=dst.storage.url(vdir))
-
-    def change(m: mf.Manifest) -> mf.Manifest | None:
-        if m.find(vid) is not None:
-            return None
-        keys = [(v.created_at, v.version) for v in m.versions]
-        at = bisect.bisect_right(keys, (info.created_at, info.version))  # keep created_at order, as repair does
-        return mf.Manifest(m.generation, m.versions[:at] + [info] + m.versions[at:])
-
-    mf.update(dst.storage, change)
+    list_version(dst.storage, info, in_time_order=True)  # a copy never applies retention: it never deletes
     log.info("copied %s (%d bytes) from %s to %s", vid, meta.size_bytes, src.root_url, dst.root_url)
     return info
 
 
 def _read_meta_bytes(src: CheckpointManager, vid: str) -> bytes:
-    rel = f"{mf.version_dir(vid)}/{mf.META}"
+    rel = meta_path(vid)
     try:
         data = src.storage.read_bytes(rel)
         json.loads(data)
@@ -132,7 +125,7 @@ def _stream(
     url = src.storage.url(rel)
     try:
         with src.storage.errors("reading", rel):
-            reader = src.storage.fs.open(src.storage.path(rel), "rb", block_size=CHUNK)
+            reader = src.storage.open_stream(rel, block_size=CHUNK)
     except FileNotFoundError:
         raise CheckpointError(f"{url} is missing; the source version is damaged") from None
     with reader:
@@ -155,14 +148,14 @@ def _stream(
 
 def _check_existing(dst: CheckpointManager, meta: CheckpointInfo) -> None:
     """A committed but unlisted copy at the destination is reused only if it is identical and intact."""
-    vdir = mf.version_dir(meta.version)
+    vdir = version_dir(meta.version)
     theirs = mf.read_meta(dst.storage, meta.version)
     if theirs.files != meta.files:
         raise CheckpointError(
             f"{dst.storage.url(vdir)} already holds a different version with id {meta.version}; not overwriting it"
         )
     for name, record in meta.files.items():
-        _stream(dst, f"{vdir}/{name}", _Discard(), record, None)
+        _stream(dst, version_file(meta.version, name), _Discard(), record, None)
 
 
 def _copy_exports(
@@ -170,7 +163,7 @@ def _copy_exports(
 ) -> dict[str, dict[str, Any]]:
     """Export artifacts are written before the manifest names them; until then ``gc`` may reclaim them."""
     for name, record in info.exports.items():
-        rel = posixpath.join("exports", info.version, name)
+        rel = export_path(info.version, name)
         with dst.storage.errors("writing", rel), dst.storage.open_write(rel) as out:
             _stream(src, rel, out, record if isinstance(record, dict) else {}, progress)
     return dict(info.exports)

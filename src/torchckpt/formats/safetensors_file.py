@@ -34,23 +34,28 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import re
 import struct
 import sys
 from collections.abc import Mapping
-from typing import IO, Any, Iterator
+from typing import IO, Any, ClassVar, Iterator
 
 import torch
 
-from .errors import CheckpointError
-from .hashing import HashingWriter
+from ..errors import CheckpointError
+from ..hashing import HashingWriter, checksum_bytes, verify_record
+from ..layout import is_plain_name, version_file
+from ..records import CheckpointInfo
+from ..storage import Storage, VersionWriter
+from .base import FileRecords, Format, TensorRow
+from .devices import MapLocation, place
+from .pickling import STATE_FILE, save_to
+from .torch_file import read_state_file
 
 log = logging.getLogger(__name__)
 
 SUFFIX = ".safetensors"
 #: Key of the placeholder dict that stands in ``state.pt`` for a tensor moved to a .safetensors file.
 PLACEHOLDER = "__torchckpt_safetensors__"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}$")
 _MAX_HEADER = 100 << 20  # the safetensors library's own limit
 
 _DTYPES: dict[torch.dtype, str] = {
@@ -87,7 +92,7 @@ def file_name(object_name: str) -> str:
 def check_object_names(names: Any) -> None:
     """Object names become file names: refuse anything that is not a plain, safe name."""
     for name in names:
-        if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        if not is_plain_name(name):
             raise ValueError(
                 f"object name {name!r} cannot name a file: with format='safetensors' use "
                 "letters, digits, '_', '-' and '.' only"
@@ -209,7 +214,7 @@ def write_file(col: _Collector, raw: IO[bytes], metadata: Mapping[str, str] | No
     header["__metadata__"] = meta
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    writer = HashingWriter(raw)
+    writer = HashingWriter(raw, close_raw=False)
     writer.write(struct.pack("<Q", len(head)))
     writer.write(head)
     for key in order:
@@ -217,18 +222,6 @@ def write_file(col: _Collector, raw: IO[bytes], metadata: Mapping[str, str] | No
         writer.write(view)
         del view, keep
     return writer.record()
-
-
-def write_payload(writer: Any, payload: dict[str, Any], state_file: str, save_to: Any) -> dict[str, dict[str, Any]]:
-    """All files of a safetensors version through a ``VersionWriter``: the .safetensors files, then state.pt."""
-    skeleton, collectors = split(payload)
-    files: dict[str, dict[str, Any]] = {}
-    for col in collectors:
-        with writer.open(col.fname) as f:
-            files[col.fname] = write_file(col, f)
-    with writer.open(state_file) as f:
-        files[state_file] = save_to(skeleton, f)
-    return files
 
 
 # ----- reading -----------------------------------------------------------------------------------------
@@ -276,83 +269,22 @@ def tensors_from_buffer(buf: bytearray, url: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_file(storage: Any, rel: str, expected: Mapping[str, Any] | None, *, verify: bool) -> dict[str, torch.Tensor]:
+def read_file(storage: Storage, rel: str, expected: Mapping[str, Any] | None, *, verify: bool) -> dict[str, torch.Tensor]:
     """Read a whole .safetensors file once into memory, verify it, and return its tensors."""
-    from .hashing import checksum_bytes
-    from .serialization import _compare
-
     url = storage.url(rel)
-    path = storage.path(rel)
     size = int(expected["size"]) if expected and "size" in expected else storage.size(rel)
-    if getattr(storage, "is_s3", False) and size >= 8 << 20:
-        from . import s3_transfer
-
-        try:  # concurrent ranged GETs straight into one buffer (see s3_transfer.fetch)
-            buf = s3_transfer.fetch(storage.fs, path, size)
-        except s3_transfer.SizeMismatch:
-            pass  # the plain read below reports the size mismatch
-        else:
-            if verify and expected:
-                _compare(url, expected, checksum_bytes(buf), size)
-            return tensors_from_buffer(buf, url)
-    buf = bytearray(size)
-    with storage.errors("reading", rel):
-        with storage.fs.open(path, "rb") as f:
-            got = _read_into(f, buf)
-            extra = f.read(1)
+    buf = storage.read_buffer(rel, size)
     if verify and expected:
-        actual_size = got + len(extra)  # a longer file shows as at least one byte too long
-        if actual_size != size:
-            _compare(url, expected, "(not computed)", actual_size)
-        _compare(url, expected, checksum_bytes(buf), size)
-    if got != size or extra:
-        raise CheckpointError(f"{url} holds {got + len(extra)}{'+' if extra else ''} bytes, expected {size}")
+        verify_record(url, expected, checksum_bytes(buf) if len(buf) == size else "(not computed)", len(buf))
+    if len(buf) != size:
+        raise CheckpointError(f"{url} holds {len(buf)} bytes, expected {size}")
     return tensors_from_buffer(buf, url)
 
 
-def _read_into(f: Any, buf: bytearray) -> int:
-    view, got = memoryview(buf), 0
-    while got < len(buf):
-        n = f.readinto(view[got:]) if hasattr(f, "readinto") else None
-        if n is None:
-            chunk = f.read(len(buf) - got)
-            n = len(chunk)
-            view[got : got + n] = chunk
-        if not n:
-            break
-        got += n
-    return got
-
-
-def _place(t: torch.Tensor, saved_on: str, map_location: Any) -> torch.Tensor:
-    """Apply ``torch.load``'s ``map_location`` rules to one tensor read onto the CPU."""
-    from .serialization import _device_available
-
-    if map_location is None:
-        target: Any = saved_on if _device_available(saved_on) else "cpu"
-    elif isinstance(map_location, (str, torch.device)):
-        target = map_location
-    elif isinstance(map_location, Mapping):
-        target = map_location.get(saved_on, saved_on)
-    elif callable(map_location):
-        result = map_location(t.untyped_storage(), saved_on)
-        if result is None:
-            target = saved_on
-        elif isinstance(result, (torch.UntypedStorage, torch.TypedStorage)):
-            target = result.device
-        else:
-            raise TypeError(f"map_location returned {type(result).__name__}, expected a storage or None")
-    else:
-        raise TypeError(f"unsupported map_location {map_location!r}")
-    target = torch.device(target)
-    return t if target.type == "cpu" and t.device.type == "cpu" else t.to(target)
-
-
-def read_payload(
-    storage: Any, info: Any, skeleton: dict[str, Any], *, map_location: Any, verify: bool
+def fill_skeleton(
+    storage: Storage, info: CheckpointInfo, skeleton: dict[str, Any], *, map_location: MapLocation, verify: bool
 ) -> dict[str, Any]:
     """Put the tensors of every .safetensors file of ``info`` back into ``skeleton``."""
-    vdir = f"versions/{info.version}"
     loaded: dict[str, dict[str, torch.Tensor]] = {}
     placed: dict[tuple[str, str], torch.Tensor] = {}
 
@@ -363,12 +295,12 @@ def read_payload(
         if fname not in loaded:
             if fname not in info.files or not fname.endswith(SUFFIX):
                 raise CheckpointError(f"version {info.version} refers to a missing tensor file {fname!r}")
-            loaded[fname] = read_file(storage, f"{vdir}/{fname}", info.files[fname], verify=verify)
+            loaded[fname] = read_file(storage, version_file(info.version, fname), info.files[fname], verify=verify)
         try:
             t = loaded[fname][key]
         except KeyError:
-            raise CheckpointError(f"{storage.url(f'{vdir}/{fname}')} has no tensor {key!r}") from None
-        placed[(fname, key)] = _place(t, str(ref.get("device", "cpu")), map_location)
+            raise CheckpointError(f"{storage.url(version_file(info.version, fname))} has no tensor {key!r}") from None
+        placed[(fname, key)] = place(t, str(ref.get("device", "cpu")), map_location)
         return placed[(fname, key)]
 
     def fill(value: Any) -> Any:
@@ -389,17 +321,16 @@ def read_payload(
 
 
 # ----- summaries from headers only -------------------------------------------------------------------------
-def read_header(storage: Any, rel: str) -> dict[str, Any]:
+def read_header(storage: Storage, rel: str) -> dict[str, Any]:
     """Just the JSON header of a stored .safetensors file (two small ranged reads)."""
-    path, url = storage.path(rel), storage.url(rel)
-    with storage.errors("reading", rel):
-        first = storage.fs.cat_file(path, start=0, end=8)
-        if len(first) < 8:
-            raise CheckpointError(f"{url} is not a safetensors file (too short)")
-        (n,) = struct.unpack("<Q", first)
-        if n > _MAX_HEADER:
-            raise CheckpointError(f"{url} is not a safetensors file (bad header length {n})")
-        head = storage.fs.cat_file(path, start=8, end=8 + n)
+    url = storage.url(rel)
+    first = storage.read_range(rel, 0, 8)
+    if len(first) < 8:
+        raise CheckpointError(f"{url} is not a safetensors file (too short)")
+    (n,) = struct.unpack("<Q", first)
+    if n > _MAX_HEADER:
+        raise CheckpointError(f"{url} is not a safetensors file (bad header length {n})")
+    head = storage.read_range(rel, 8, 8 + n)
     return parse_header(first + head, url)[0]
 
 
@@ -423,25 +354,42 @@ def walk_summary(prefix: str, value: Any, header_of: Any) -> Iterator[tuple[str,
             yield from walk_summary(f"{prefix}.{i}" if prefix else str(i), v, header_of)
 
 
-def summarize(storage: Any, info: Any) -> list[tuple[str, tuple[int, ...], str, int]]:
-    """Tensor rows of a safetensors version from ``state.pt`` and the files' headers only.
+class SafetensorsFormat(Format):
+    """``<name>.safetensors`` per saved object, the rest in ``state.pt``."""
 
-    ``state.pt`` (small: structure, counters, RNG) is read and checksum-verified;
-    the .safetensors files are not read beyond their headers, so this stays cheap
-    for a multi-gigabyte model on S3 (``verify`` checks their bytes).
-    """
-    from .serialization import STATE_FILE, load_from, open_verified
+    name: ClassVar[str] = "safetensors"
 
-    vdir = f"versions/{info.version}"
-    source = open_verified(storage, f"{vdir}/{STATE_FILE}", info.files.get(STATE_FILE), verify=True)
-    skeleton = load_from(source, map_location="cpu", what=storage.url(f"{vdir}/{STATE_FILE}"))
-    headers: dict[str, dict[str, Any]] = {}
+    def write(self, writer: VersionWriter, payload: dict[str, Any]) -> FileRecords:
+        skeleton, collectors = split(payload)
+        files: FileRecords = {}
+        for col in collectors:
+            with writer.open(col.fname) as f:
+                files[col.fname] = write_file(col, f)
+        with writer.open(STATE_FILE) as f:
+            files[STATE_FILE] = save_to(skeleton, f)
+        return files
 
-    def header_of(fname: str) -> dict[str, Any]:
-        if fname not in headers:
-            if fname not in info.files or not fname.endswith(SUFFIX):
-                raise CheckpointError(f"version {info.version} refers to a missing tensor file {fname!r}")
-            headers[fname] = read_header(storage, f"{vdir}/{fname}")
-        return headers[fname]
+    def read(
+        self, storage: Storage, info: CheckpointInfo, *, map_location: MapLocation, verify: bool, trust_pickle: bool
+    ) -> dict[str, Any]:
+        skeleton = read_state_file(storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle)
+        return fill_skeleton(storage, info, skeleton, map_location=map_location, verify=verify)
 
-    return list(walk_summary("", skeleton.get("objects", {}), header_of))
+    def summarize(self, storage: Storage, info: CheckpointInfo) -> list[TensorRow]:
+        """Rows from ``state.pt`` and the files' headers only.
+
+        ``state.pt`` (small: structure, counters, RNG) is read and checksum-verified;
+        the .safetensors files are not read beyond their headers, so this stays cheap
+        for a multi-gigabyte model on S3 (``verify`` checks their bytes).
+        """
+        skeleton = read_state_file(storage, info, map_location="cpu", verify=True)
+        headers: dict[str, dict[str, Any]] = {}
+
+        def header_of(fname: str) -> dict[str, Any]:
+            if fname not in headers:
+                if fname not in info.files or not fname.endswith(SUFFIX):
+                    raise CheckpointError(f"version {info.version} refers to a missing tensor file {fname!r}")
+                headers[fname] = read_header(storage, version_file(info.version, fname))
+            return headers[fname]
+
+        return [TensorRow(*row) for row in walk_summary("", skeleton.get("objects", {}), header_of)]

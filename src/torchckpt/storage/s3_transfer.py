@@ -26,7 +26,7 @@ import logging
 import os
 from typing import Any
 
-from .errors import CheckpointError, StorageError
+from ..errors import CheckpointError, StorageError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,165 @@
+"""Collective sharded save: every rank calls ``save_sharded`` with the same arguments.
+
+Call order (the ``Collectives`` wrapper turns a failure on any rank into the
+same failure on every rank, so no rank waits forever):
+
+1. rank 0 chooses the version id and the folder to write into; broadcast;
+2. every rank captures its state (a local failure is shared before DCP starts);
+3. DCP writes every rank's shards and the coordinator's ``.metadata`` through
+   the checksumming adapter (``formats/dcp_io.py``);
+4. the per-rank file records are gathered on rank 0, checked against a listing
+   of the folder, and committed through the one commit path
+   (``lifecycle.commit_version``: ``meta.json`` with ``layout="dcp"``, the
+   manifest update with retention in the same update); the record is broadcast.
+
+A failure on any rank commits nothing; rank 0 removes what was written and
+``gc`` catches anything left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from .. import rng
+from ..errors import CheckpointError
+from ..formats.dcp_io import LAYOUT, METADATA_FILE, CheckpointException, Writer, dcp, dcp_error, quiet_single_process
+from ..formats.pickling import check_safe
+from ..layout import META, new_version_id, version_dir
+from ..lifecycle import commit_version
+from ..records import CheckpointInfo, new_version_info
+from ..retention import RetentionPolicy
+from ..storage import Storage, VersionWriter
+from .collectives import Collectives
+from .state import capture_sharded, without_shards
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_VERSION = 1
+
+
+def save_sharded(
+    storage: Storage,
+    retention: RetentionPolicy | None,
+    objects: Mapping[str, Any],
+    *,
+    step: int,
+    epoch: int | None,
+    metrics: dict[str, float | None],
+    tags: tuple[str, ...],
+    extra: dict[str, Any],
+) -> CheckpointInfo:
+    """Save ``objects`` as one sharded version; every rank calls it and gets the same record.
+
+    Args:
+        storage: the root.
+        retention: applied by rank 0 in the commit's manifest update.
+        objects: name -> live object (modules, optimizers, tensors, dicts).
+        step: the training step.
+        epoch: the epoch, if any.
+        metrics: recorded metrics.
+        tags: recorded tags.
+        extra: JSON-able values and tensors stored beside the state.
+
+    Returns:
+        The committed version's record.
+
+    Raises:
+        CheckpointError: any rank failed; nothing was committed.
+    """
+    group = Collectives()
+    started = time.perf_counter()
+    what = f"sharded save of step {step}"
+
+    writer: VersionWriter | None = None
+    plan: tuple[str, str, str] | None = None
+    if group.is_coordinator:
+        created = datetime.now(timezone.utc)
+        vid = new_version_id(step, created)
+        writer = storage.version_writer(version_dir(vid))
+        plan = (vid, created.isoformat(), writer.work_dir)
+    vid, created_iso, work_dir = group.broadcast(plan)
+    created = datetime.fromisoformat(created_iso)
+
+    def capture_state() -> dict[str, Any]:
+        state = {
+            "torchckpt": {"payload": PAYLOAD_VERSION, "world_size": group.world},
+            "objects": {name: capture_sharded(name, obj, objects) for name, obj in objects.items()},
+            "extra": extra,
+            "rng": {f"rank{group.rank}": rng.capture()},
+        }
+        check_safe(without_shards(state), "state")
+        return state
+
+    try:
+        state = group.all_or_none(capture_state, what)
+    except Exception:
+        if writer is not None:
+            writer.abort()
+        raise
+
+    fs_writer = Writer(storage, work_dir)
+    try:
+        with quiet_single_process(not group.active):
+            dcp.save(state, storage_writer=fs_writer, no_dist=not group.active)
+    except (Exception, CheckpointException) as exc:
+        if writer is not None:  # DCP raised on every rank after all ranks finished writing
+            writer.abort()
+        if isinstance(exc, CheckpointException):
+            raise dcp_error(exc, f"{what} to {storage.root_url}") from exc
+        raise
+    del state
+
+    records = group.gather(fs_writer.fs.written)
+
+    def commit() -> dict[str, Any]:
+        assert writer is not None
+        try:
+            info = _commit(storage, retention, writer, records, vid=vid, created=created, step=step, epoch=epoch,
+                           metrics=metrics, tags=tags, objects=tuple(objects), world=group.world)
+        except Exception:
+            writer.abort()
+            raise
+        return info.to_record(with_index_fields=False)
+
+    record = group.on_coordinator(commit, f"committing sharded step {step}")
+    info = CheckpointInfo.from_record(record, storage.url(version_dir(vid)))
+    group.barrier()  # everybody leaves together
+    log.info("saved sharded %s from %d rank(s) in %.2fs", vid, group.world, time.perf_counter() - started)
+    return info
+
+
+def _commit(
+    storage: Storage,
+    retention: RetentionPolicy | None,
+    writer: VersionWriter,
+    records: list[Mapping[str, Mapping[str, Any]]],
+    *,
+    vid: str,
+    created: datetime,
+    step: int,
+    epoch: int | None,
+    metrics: dict[str, float | None],
+    tags: tuple[str, ...],
+    objects: tuple[str, ...],
+    world: int,
+) -> CheckpointInfo:
+    files: dict[str, dict[str, Any]] = {}
+    for per_rank in records:
+        files.update({k: dict(v) for k, v in (per_rank or {}).items()})
+    if METADATA_FILE not in files:
+        raise CheckpointError(f"DCP wrote no {METADATA_FILE} for {vid}")
+    listed = set(storage.list_names(writer.work_dir))
+    unknown = sorted(listed - set(files) - {META})
+    missing = sorted(set(files) - listed)
+    if missing or unknown:
+        raise CheckpointError(f"files of {vid} do not match what the ranks wrote: missing {missing}, unknown {unknown}")
+    info = new_version_info(
+        vid, files=dict(sorted(files.items())), url=storage.url(version_dir(vid)), created_at=created,
+        step=step, epoch=epoch, metrics=metrics, tags=tags, objects=objects, layout=LAYOUT,
+    )
+    commit_version(storage, writer, info, retention, meta_extra={"world_size": world})
+    return info

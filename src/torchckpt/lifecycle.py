@@ -1,0 +1,140 @@
+"""The one commit path, and the one removal path, of every version.
+
+Commit (steps 2-4 of the protocol in docs/storage-layout.md), used by single-file
+saves, sharded saves, copies and folder versions alike:
+
+1. ``VersionWriter.commit`` writes ``meta.json`` last (the commit marker);
+2. one manifest compare-and-swap appends the record and unlists what the
+   retention policy drops (never the new version, never a pinned one);
+3. only after that update succeeded is the unlisted versions' data deleted
+   (``meta.json`` first, so an interrupted delete leaves uncommitted garbage that
+   ``gc`` removes, never a listed version with missing files).
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from . import manifest as mf
+from .layout import META, export_dir, export_path, meta_path, version_dir, version_file
+from .records import CheckpointInfo, meta_bytes
+from .retention import RetentionPolicy
+from .storage import Storage, VersionWriter
+
+log = logging.getLogger(__name__)
+
+
+def commit_version(
+    storage: Storage,
+    writer: VersionWriter,
+    info: CheckpointInfo,
+    retention: RetentionPolicy | None,
+    *,
+    meta_extra: Mapping[str, Any] | None = None,
+    meta: bytes | None = None,
+) -> list[CheckpointInfo]:
+    """Commit a written version, list it, apply retention, delete what retention dropped.
+
+    Args:
+        storage: the root.
+        writer: the version's writer, its data files written.
+        info: the version's record.
+        retention: the policy applied in the same manifest update (None: keep all).
+        meta_extra: layout-specific fields stored in ``meta.json`` beside the record.
+        meta: ``meta.json`` bytes to write as they are (copies keep the source's).
+
+    Returns:
+        The versions retention removed.
+
+    Raises:
+        StorageError: the commit or the manifest update failed (the version is not listed).
+    """
+    writer.commit(META, meta if meta is not None else meta_bytes(info, meta_extra))
+    removed = list_version(storage, info, retention)
+    if removed:
+        # The version is committed: a failed delete must not make the save look failed
+        # (the caller would retry and duplicate it); ``gc`` removes what is left.
+        try:
+            delete_data(storage, removed)
+            log.info("removed %d version(s) from %s", len(removed), storage.root_url)
+        except Exception as exc:
+            log.warning("retention after committing %s failed to delete unlisted data: %s", info.version, exc)
+    return removed
+
+
+def list_version(
+    storage: Storage, info: CheckpointInfo, retention: RetentionPolicy | None = None, *, in_time_order: bool = False
+) -> list[CheckpointInfo]:
+    """List a committed version and unlist what ``retention`` drops, in one manifest update.
+
+    Idempotent: a version already listed (e.g. after ``repair``) is left as it is.
+
+    Args:
+        storage: the root.
+        info: the committed version.
+        retention: applied to the new list; the new version itself is never dropped.
+        in_time_order: insert by ``created_at`` (copies of older versions) instead of appending.
+
+    Returns:
+        The unlisted versions, whose data the caller deletes.
+    """
+    removed: list[CheckpointInfo] = []
+
+    def add(m: mf.Manifest) -> mf.Manifest | None:
+        removed.clear()
+        if m.find(info.version) is not None:
+            return None
+        if in_time_order:
+            keys = [(v.created_at, v.version) for v in m.versions]
+            at = bisect.bisect_right(keys, (info.created_at, info.version))  # keep created_at order, as repair does
+            versions = m.versions[:at] + [info] + m.versions[at:]
+        else:
+            versions = m.versions + [info]
+        if retention is not None:
+            removed.extend(v for v in retention.to_remove(versions) if v.version != info.version)
+        gone = {v.version for v in removed}
+        return mf.Manifest(m.generation, [v for v in versions if v.version not in gone])
+
+    mf.update(storage, add)
+    return removed
+
+
+def unlist(storage: Storage, choose: Callable[[list[CheckpointInfo]], list[CheckpointInfo]]) -> list[CheckpointInfo]:
+    """Unlist the versions ``choose`` picks from the current list (one manifest update), then delete their data.
+
+    Unlisting first means a crash in between leaves garbage for ``gc``, never a
+    listed version with missing data.
+
+    Returns:
+        The removed versions.
+    """
+    removed: list[CheckpointInfo] = []
+
+    def change(m: mf.Manifest) -> mf.Manifest | None:
+        removed.clear()
+        removed.extend(choose(m.versions))
+        if not removed:
+            return None
+        gone = {v.version for v in removed}
+        return mf.Manifest(m.generation, [v for v in m.versions if v.version not in gone])
+
+    mf.update(storage, change)
+    if removed:
+        delete_data(storage, removed)
+        log.info("removed %d version(s) from %s", len(removed), storage.root_url)
+    return removed
+
+
+def delete_data(storage: Storage, infos: list[CheckpointInfo]) -> None:
+    """Delete unlisted versions' files and exports: ``meta.json`` (the commit marker) first."""
+    storage.remove([meta_path(i.version) for i in infos], recursive=False)
+    files = [version_file(i.version, name) for i in infos for name in i.files]
+    exports = [export_path(i.version, name) for i in infos for name in i.exports]
+    storage.remove(files + exports, recursive=False)
+    storage.remove_empty_folders([version_dir(i.version) for i in infos])
+    # artifacts the manifest does not name (an export cut short before its record) go too
+    ids = {i.version for i in infos}
+    storage.remove(sorted(export_dir(v) for v in set(storage.list_names("exports")) & ids))

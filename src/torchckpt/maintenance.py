@@ -1,0 +1,101 @@
+"""Checking and cleaning a root: ``verify``, ``gc`` and ``repair`` (the manager's and the CLI's).
+
+None of these is needed in normal operation; they answer "is everything intact?",
+"remove what crashed saves left behind" and "rebuild a lost or damaged index".
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from . import manifest as mf
+from .errors import CheckpointError
+from .layout import EXPORTS, META, VERSIONS, id_time, version_file
+from .records import CheckpointInfo
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of ``verify``: ``ok`` unless some file is missing or corrupt.
+
+    Attributes:
+        checked: the version ids checked.
+        problems: ``(version id, message)`` for every missing or corrupt file.
+    """
+
+    checked: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+
+def verify_versions(storage: Storage, targets: list[CheckpointInfo]) -> VerifyReport:
+    """Check ``meta.json``, sizes and checksums of ``targets``; never raises for bad data.
+
+    Raises:
+        StorageError: the backend failed (not: a file is missing or corrupt).
+    """
+    report = VerifyReport()
+    for info in targets:
+        report.checked.append(info.version)
+        try:
+            meta = mf.read_meta(storage, info.version)
+            if meta.to_record(with_index_fields=False) != info.to_record(with_index_fields=False):
+                report.problems.append((info.version, f"{META} differs from the manifest's record"))
+        except FileNotFoundError:
+            report.problems.append((info.version, f"{META} is missing"))
+        except CheckpointError as exc:
+            report.problems.append((info.version, f"{META} is damaged: {exc}"))
+        for name, expected in info.files.items():
+            try:
+                actual, size = storage.checksum(version_file(info.version, name))
+            except FileNotFoundError:
+                report.problems.append((info.version, f"{name} is missing"))
+                continue
+            if size != int(expected.get("size", -1)):
+                report.problems.append((info.version, f"{name}: size {size}, expected {expected.get('size')}"))
+            elif actual != expected.get("checksum"):
+                report.problems.append((info.version, f"{name}: checksum {actual}, expected {expected.get('checksum')}"))
+    return report
+
+
+def collect_garbage(storage: Storage, listed: set[str], older_than: timedelta | float) -> list[str]:
+    """Remove uncommitted leftovers older than the grace period; returns what was removed.
+
+    The grace period protects saves in progress by other writers. Committed but
+    unlisted versions are left alone: ``repair`` lists them again.
+
+    Args:
+        storage: the root.
+        listed: ids the manifest lists.
+        older_than: the grace period.
+    """
+    grace = older_than.total_seconds() if isinstance(older_than, timedelta) else float(older_than)
+    now = time.time()
+    committed, leftovers = mf.committed_ids(storage)  # one listing and a HEAD per version
+    stale = []
+    for name in leftovers:
+        if name in listed:  # indexed but its meta.json is gone: verify reports it, repair restores it
+            continue
+        age = now - (id_time(name) or storage.modified(f"{VERSIONS}/{name}") or now)
+        if age >= grace:
+            stale.append(f"{VERSIONS}/{name}")
+    for name in storage.list_names(""):  # interrupted atomic writes: .<file>.<random>.tmp
+        if name.startswith(".") and name.endswith(".tmp") and now - (storage.modified(name) or now) >= grace:
+            stale.append(name)
+    for name in storage.list_names(EXPORTS):
+        if name not in listed and name not in committed:
+            stale.append(f"{EXPORTS}/{name}")
+    storage.remove(stale)
+    if stale:
+        log.info("gc removed %d leftover(s) under %s", len(stale), storage.root_url)
+    return stale

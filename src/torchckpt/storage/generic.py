@@ -1,0 +1,34 @@
+"""Any other fsspec filesystem: correct for one writer at a time.
+
+Without a conditional write or a lock that works across machines, two writers
+updating one root's manifest at the same moment could lose one version from the
+index (its data stays, and ``torchckpt repair`` lists it again). The manager
+warns once per root (``SingleWriterWarning``); use one writer per root there.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import ClassVar
+
+from .base import Storage
+
+
+class SingleWriterWarning(UserWarning):
+    """The root's backend cannot keep concurrent writers from losing manifest updates."""
+
+
+class GenericStorage(Storage):
+    """A folder on an fsspec filesystem torchckpt has no dedicated backend for."""
+
+    multi_writer_safe: ClassVar[bool] = False
+    kind: ClassVar[str] = "generic"
+
+    def warn_single_writer(self) -> None:
+        """Tell the user, once per root, that concurrent writers are not safe here."""
+        warnings.warn(
+            f"{self.root_url}: {self.fs.protocol!r} has no conditional write torchckpt can use; "
+            "concurrent writers to this root are not safe (use one writer per root)",
+            SingleWriterWarning,
+            stacklevel=4,
+        )
