@@ -26,28 +26,23 @@ from .async_save import AsyncSaver
 from .errors import (
     CheckpointError,
     CheckpointNotFoundError,
-    ChecksumMismatchError,
     ManifestError,
-    MissingObjectError,
     ReadOnlyError,
-    UnsafeCheckpointError,
 )
-from .formats import SAVE_FORMATS, format_of
+from .formats import SAVE_FORMATS
 from .formats.devices import MapLocation
-from .formats.pickling import MODULE_FILE, check_safe, load_from
-from .layout import check_names, version_file
-from .live_objects import capture, load_into
+from .formats.pickling import check_safe
+from .layout import check_names
+from .live_objects import capture
 from .maintenance import VerifyReport
 from .records import Checkpoint, CheckpointInfo
 from .retention import RetentionPolicy
+from .restoring import load_whole_model, read_payload, restore_into
 from .saving import PAYLOAD_VERSION, clean_metrics, pickle_module, write_version
 from .selectors import Selector, best, resolve
 from .storage import open_storage
 
 log = logging.getLogger(__name__)
-
-#: Failures that mean "this version's data is unusable" (for ``fallback``).
-DATA_ERRORS = (CheckpointError, FileNotFoundError, RuntimeError, EOFError, ValueError, OSError)
 
 __all__ = ["CheckpointManager", "Selector", "VerifyReport"]
 
@@ -268,23 +263,8 @@ class CheckpointManager:
         versions = self.list() if versions is None else versions
         return resolve(versions, version, root_url=self.root_url, retention=self.retention)
 
-    def _read_payload(
-        self, info: CheckpointInfo, map_location: MapLocation, verify: bool, trust_pickle: bool = False
-    ) -> dict[str, Any]:
-        try:
-            return format_of(info).read(
-                self.storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle
-            )
-        except FileNotFoundError as exc:  # a listed version lost a data file: as corrupt as a bad checksum
-            if all(v.version != info.version for v in self.list()):
-                raise CheckpointNotFoundError(
-                    f"version {info.version} was removed (pruned or deleted) from {self.root_url} while loading"
-                ) from exc
-            name = next((n for n in info.files if n in str(exc)), None) or next(
-                (n for n in info.files if not self.storage.exists(version_file(info.version, n))), "a data file"
-            )
-            expected = str(info.files.get(name, {}).get("checksum", "a recorded file"))
-            raise ChecksumMismatchError(f"{info.url}/{name}", expected, "no such file") from exc
+    def _is_listed(self, version_id: str) -> bool:
+        return any(v.version == version_id for v in self.list())
 
     def load(
         self, version: Selector = "latest", *, map_location: MapLocation = None, verify: bool = True,
@@ -303,7 +283,9 @@ class CheckpointManager:
             ChecksumMismatchError: a file is corrupt or missing.
             UnsafeCheckpointError: loading would need arbitrary pickle.
         """
-        return self._read_payload(self.resolve(version), map_location, verify, trust_pickle)["objects"]
+        payload = read_payload(self.storage, self.resolve(version), map_location=map_location, verify=verify,
+                               trust_pickle=trust_pickle, is_listed=self._is_listed)
+        return payload["objects"]
 
     def restore(
         self,
@@ -355,40 +337,12 @@ class CheckpointManager:
         if fallback:
             idx = next(i for i, v in enumerate(versions) if v.version == chosen.version)
             candidates += list(reversed(versions[:idx]))
-        for info in candidates:
-            try:
-                if info.layout == "dcp":  # sharded: DCP loads into the live objects (collective, reshards)
-                    from .distributed import process_group_active, restore_sharded
-
-                    ckpt = restore_sharded(
-                        self.storage, info, objects, collective=process_group_active() and self.distributed is not False,
-                        strict=strict, restore_rng=restore_rng, verify=verify, trust_pickle=trust_pickle,
-                    )
-                    log.info("restored sharded %s from %s", info.version, self.root_url)
-                    return ckpt
-                payload = self._read_payload(info, map_location, verify, trust_pickle)
-                break
-            except (UnsafeCheckpointError, MissingObjectError):
-                raise
-            except DATA_ERRORS as exc:
-                if not fallback:
-                    raise
-                warnings.warn(f"version {info.version} is unusable ({exc}); trying an older one", stacklevel=2)
-                log.warning("restore fallback: %s unusable: %s", info.version, exc)
-        else:
-            raise CheckpointNotFoundError(f"no version under {self.root_url} could be restored")
-        states = payload["objects"]
-        missing = [name for name in objects if name not in states]
-        if missing:
-            raise MissingObjectError(
-                f"version {info.version} has no {', '.join(missing)}; it saved: {', '.join(states) or 'nothing'}"
-            )
-        for name, obj in objects.items():
-            load_into(name, obj, states[name], strict)
-        if restore_rng and payload.get("rng"):
-            rng.restore(payload["rng"])
-        log.info("restored %s from %s", info.version, self.root_url)
-        return Checkpoint(info=info, state=states, extra=payload.get("extra", {}))
+        return restore_into(
+            self.storage, candidates, objects, map_location=map_location, strict=strict, restore_rng=restore_rng,
+            fallback=fallback, verify=verify, trust_pickle=trust_pickle, is_listed=self._is_listed,
+            collective=self.distributed is not False and torch.distributed.is_available()
+            and torch.distributed.is_initialized(),
+        )
 
     def load_model(
         self, version: Selector = "latest", *, map_location: MapLocation = None, trust_pickle: bool = False,
@@ -400,20 +354,8 @@ class CheckpointManager:
             UnsafeCheckpointError: without ``trust_pickle=True`` (pickled modules run code on load).
             CheckpointError: the version was not saved with ``whole_model=True``.
         """
-        info = self.resolve(version)
-        if MODULE_FILE not in info.files:
-            raise CheckpointError(f"version {info.version} was not saved with whole_model=True; use restore()")
-        if not trust_pickle:
-            raise UnsafeCheckpointError(
-                f"version {info.version} stores a pickled module, which can run arbitrary code on load; "
-                "pass trust_pickle=True if you trust its source"
-            )
-        rel = version_file(info.version, MODULE_FILE)
-        source = self.storage.load_source(rel, info.files[MODULE_FILE], verify=verify)
-        module = load_from(source, map_location=map_location, trust_pickle=True)
-        if not isinstance(module, torch.nn.Module):
-            raise CheckpointError(f"{self.storage.url(rel)} does not hold an nn.Module")
-        return module
+        return load_whole_model(self.storage, self.resolve(version), map_location=map_location,
+                                trust_pickle=trust_pickle, verify=verify)
 
     # ----- managing versions ------------------------------------------------------------------------------------
     def check_writable(self) -> None:

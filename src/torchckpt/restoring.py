@@ -1,0 +1,171 @@
+"""Reading versions back: a payload (verified), a restore into live objects with fallback, a whole module.
+
+``restore_into`` walks the candidates the manager chose (the selected version, then,
+with ``fallback``, older ones) and stops at the first that reads cleanly; a data
+file that vanished from a listed version is reported as the corruption it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from . import rng
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    ChecksumMismatchError,
+    MissingObjectError,
+    UnsafeCheckpointError,
+)
+from .formats import format_of
+from .formats.devices import MapLocation
+from .formats.pickling import MODULE_FILE, load_from
+from .layout import version_file
+from .live_objects import load_into
+from .records import Checkpoint, CheckpointInfo
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+#: Failures that mean "this version's data is unusable" (for ``fallback``).
+DATA_ERRORS = (CheckpointError, FileNotFoundError, RuntimeError, EOFError, ValueError, OSError)
+
+
+def read_payload(
+    storage: Storage,
+    info: CheckpointInfo,
+    *,
+    map_location: MapLocation,
+    verify: bool,
+    trust_pickle: bool,
+    is_listed: Callable[[str], bool],
+) -> dict[str, Any]:
+    """A version's payload through its format, a vanished file reported as corruption.
+
+    Args:
+        storage: the root.
+        info: the version.
+        map_location: device remapping.
+        verify: check sizes and checksums.
+        trust_pickle: allow arbitrary pickle.
+        is_listed: whether a version id is still listed (tells "pruned meanwhile" from "damaged").
+
+    Raises:
+        CheckpointNotFoundError: the version was removed while loading.
+        ChecksumMismatchError: a file is corrupt or missing.
+        UnsafeCheckpointError: loading would need arbitrary pickle.
+    """
+    try:
+        return format_of(info).read(storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle)
+    except FileNotFoundError as exc:  # a listed version lost a data file: as corrupt as a bad checksum
+        if not is_listed(info.version):
+            raise CheckpointNotFoundError(
+                f"version {info.version} was removed (pruned or deleted) from {storage.root_url} while loading"
+            ) from exc
+        name = next((n for n in info.files if n in str(exc)), None) or next(
+            (n for n in info.files if not storage.exists(version_file(info.version, n))), "a data file"
+        )
+        expected = str(info.files.get(name, {}).get("checksum", "a recorded file"))
+        raise ChecksumMismatchError(f"{info.url}/{name}", expected, "no such file") from exc
+
+
+def restore_into(
+    storage: Storage,
+    candidates: list[CheckpointInfo],
+    objects: Mapping[str, Any],
+    *,
+    map_location: MapLocation,
+    strict: bool,
+    restore_rng: bool,
+    fallback: bool,
+    verify: bool,
+    trust_pickle: bool,
+    collective: bool,
+    is_listed: Callable[[str], bool],
+) -> Checkpoint:
+    """Restore the first usable candidate into ``objects`` in place.
+
+    Args:
+        storage: the root.
+        candidates: the chosen version first, then (with ``fallback``) older ones, newest first.
+        objects: name -> live object.
+        map_location: device remapping.
+        strict: modules must match key for key.
+        restore_rng: restore the saved RNG states.
+        fallback: warn and try the next candidate when one is unusable.
+        verify: check sizes and checksums.
+        trust_pickle: allow arbitrary pickle.
+        collective: sharded versions are restored by every rank of the process group.
+        is_listed: see ``read_payload``.
+
+    Returns:
+        The restored checkpoint.
+
+    Raises:
+        CheckpointNotFoundError: no candidate could be restored.
+        MissingObjectError: a name was given that the version did not save.
+    """
+    for info in candidates:
+        try:
+            if info.layout == "dcp":  # sharded: DCP loads into the live objects (collective, reshards)
+                from .distributed import restore_sharded
+
+                ckpt = restore_sharded(
+                    storage, info, objects, collective=collective, strict=strict, restore_rng=restore_rng,
+                    verify=verify, trust_pickle=trust_pickle,
+                )
+                log.info("restored sharded %s from %s", info.version, storage.root_url)
+                return ckpt
+            payload = read_payload(storage, info, map_location=map_location, verify=verify,
+                                   trust_pickle=trust_pickle, is_listed=is_listed)
+            break
+        except (UnsafeCheckpointError, MissingObjectError):
+            raise
+        except DATA_ERRORS as exc:
+            if not fallback:
+                raise
+            warnings.warn(f"version {info.version} is unusable ({exc}); trying an older one", stacklevel=3)
+            log.warning("restore fallback: %s unusable: %s", info.version, exc)
+    else:
+        raise CheckpointNotFoundError(f"no version under {storage.root_url} could be restored")
+    states = payload["objects"]
+    missing = [name for name in objects if name not in states]
+    if missing:
+        raise MissingObjectError(
+            f"version {info.version} has no {', '.join(missing)}; it saved: {', '.join(states) or 'nothing'}"
+        )
+    for name, obj in objects.items():
+        load_into(name, obj, states[name], strict)
+    if restore_rng and payload.get("rng"):
+        rng.restore(payload["rng"])
+    log.info("restored %s from %s", info.version, storage.root_url)
+    return Checkpoint(info=info, state=states, extra=payload.get("extra", {}))
+
+
+def load_whole_model(
+    storage: Storage, info: CheckpointInfo, *, map_location: MapLocation, trust_pickle: bool, verify: bool
+) -> torch.nn.Module:
+    """The pickled module of a ``whole_model=True`` version.
+
+    Raises:
+        CheckpointError: the version has no pickled module, or it is not a module.
+        UnsafeCheckpointError: without ``trust_pickle``.
+    """
+    if MODULE_FILE not in info.files:
+        raise CheckpointError(f"version {info.version} was not saved with whole_model=True; use restore()")
+    if not trust_pickle:
+        raise UnsafeCheckpointError(
+            f"version {info.version} stores a pickled module, which can run arbitrary code on load; "
+            "pass trust_pickle=True if you trust its source"
+        )
+    rel = version_file(info.version, MODULE_FILE)
+    source = storage.load_source(rel, info.files[MODULE_FILE], verify=verify)
+    module = load_from(source, map_location=map_location, trust_pickle=True)
+    if not isinstance(module, torch.nn.Module):
+        raise CheckpointError(f"{storage.url(rel)} does not hold an nn.Module")
+    return module
