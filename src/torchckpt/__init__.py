@@ -12,6 +12,7 @@ from .errors import (
     ChecksumMismatchError,
     ManifestError,
     ReadOnlyError,
+    SingleWriterWarning,
     StorageError,
     UnsafeCheckpointError,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "ManifestError",
     "StorageError",
     "ReadOnlyError",
+    "SingleWriterWarning",
     "AsyncSaveError",
     "load_torchscript",
     "load_program",

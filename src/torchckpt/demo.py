@@ -170,7 +170,7 @@ def run_demo(
 def _export_best(mgr: CheckpointManager, best: CheckpointInfo, x: torch.Tensor, y: torch.Tensor,
                  result: DemoResult, say: Callable[[str], Any]) -> None:
     """Export the best version (its weights, not the live model's) and check the artifact reproduces its loss."""
-    from . import load_torchscript
+    from .export import load_torchscript
 
     try:
         url = mgr.export_torchscript(make_model(), version=best)

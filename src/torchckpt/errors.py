@@ -52,7 +52,12 @@ class MissingObjectError(CheckpointError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class SingleWriterWarning(UserWarning):
+    """The root's backend cannot keep concurrent writers from losing manifest updates: use one writer."""
+
+
 __all__ = [
+    "SingleWriterWarning",
     "CheckpointError",
     "CheckpointNotFoundError",
     "ChecksumMismatchError",

@@ -85,6 +85,8 @@ class CheckpointManager:
             raise TypeError("retention must be a RetentionPolicy")
         self.storage = open_storage(root, storage_options=storage_options, filesystem=filesystem)
         self.storage.check(create=not read_only)
+        if not read_only:
+            self.storage.warn_if_single_writer()
         self.retention = retention
         self.format = format
         self.async_save = async_save

@@ -18,7 +18,7 @@ import fsspec
 from ..errors import StorageError
 from .base import Storage
 from .commit import CommitStrategy, MarkerLast, RenameIntoPlace, VersionWriter
-from .generic import GenericStorage, SingleWriterWarning
+from .generic import GenericStorage
 
 #: protocol -> "module:Class" (imported on first use, so s3fs & co. load only when needed) or a class.
 _BACKENDS: dict[str, str | type[Storage]] = {}
@@ -101,7 +101,6 @@ __all__ = [
     "GenericStorage",
     "MarkerLast",
     "RenameIntoPlace",
-    "SingleWriterWarning",
     "Storage",
     "VersionWriter",
     "backend_for",

@@ -30,12 +30,13 @@ import io
 import logging
 import os
 import posixpath
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import IO, Any, ClassVar
 
 import fsspec
 
-from ..errors import CheckpointError, StorageError
+from ..errors import CheckpointError, SingleWriterWarning, StorageError
 from ..hashing import checksum_bytes, checksum_stream, verify_record
 from .commit import CommitStrategy, MarkerLast, VersionWriter
 
@@ -142,6 +143,16 @@ class Storage:
             raise
         except Exception as exc:  # botocore, aiohttp, azure, PermissionError, ...
             raise StorageError(f"{what} failed for {self.url(rel)}: {describe(exc)}") from exc
+
+    def warn_if_single_writer(self) -> None:
+        """Warn (``SingleWriterWarning``) when concurrent writers to this root are not safe."""
+        if not self.multi_writer_safe:
+            warnings.warn(
+                f"{self.root_url}: the {self.kind} backend has no conditional write or lock torchckpt can use; "
+                "concurrent writers to this root are not safe (use one writer per root)",
+                SingleWriterWarning,
+                stacklevel=3,
+            )
 
     # ----- reachability ---------------------------------------------------------------------------------
     def check(self, *, create: bool) -> None:
@@ -317,7 +328,10 @@ class Storage:
 
     def open_write(self, rel: str) -> IO[bytes]:
         """A streaming binary writer for a data file (not atomic by itself; durable once closed)."""
-        return self.fs.open(self.path(rel), "wb")  # type: ignore[no-any-return]
+        path = self.path(rel)
+        if not self.folders_are_implicit():  # e.g. a local disk behind another protocol: no auto-mkdir
+            self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        return self.fs.open(path, "wb")  # type: ignore[no-any-return]
 
     def move(self, src: str, dst: str) -> None:
         """Rename a file within the root (not atomic on object stores: a copy, then a delete).

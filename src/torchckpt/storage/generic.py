@@ -8,14 +8,9 @@ warns once per root (``SingleWriterWarning``); use one writer per root there.
 
 from __future__ import annotations
 
-import warnings
 from typing import ClassVar
 
 from .base import Storage
-
-
-class SingleWriterWarning(UserWarning):
-    """The root's backend cannot keep concurrent writers from losing manifest updates."""
 
 
 class GenericStorage(Storage):
@@ -23,12 +18,3 @@ class GenericStorage(Storage):
 
     multi_writer_safe: ClassVar[bool] = False
     kind: ClassVar[str] = "generic"
-
-    def warn_single_writer(self) -> None:
-        """Tell the user, once per root, that concurrent writers are not safe here."""
-        warnings.warn(
-            f"{self.root_url}: {self.fs.protocol!r} has no conditional write torchckpt can use; "
-            "concurrent writers to this root are not safe (use one writer per root)",
-            SingleWriterWarning,
-            stacklevel=4,
-        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import IO, ClassVar
 
 from .base import Storage
 
@@ -30,3 +30,7 @@ class MemoryStorage(Storage):
             lk = _LOCKS.setdefault(self.path(name), threading.RLock())
         with lk:
             yield
+
+    def open_write(self, rel: str) -> IO[bytes]:
+        """The memory filesystem creates parents implicitly."""
+        return self.fs.open(self.path(rel), "wb")  # type: ignore[no-any-return]
