@@ -25,7 +25,21 @@ __version__ = "0.1.0"
 
 
 def load_torchscript(url: str, *, map_location: Any = None, storage_options: Any = None, verify: bool = True) -> Any:
-    """Load an exported TorchScript artifact (eval mode) without the model's class."""
+    """Load an exported TorchScript artifact (eval mode) without the model's class.
+
+    Args:
+        url: the artifact's URL (as returned by ``export_torchscript``) or any path.
+        map_location: a device; None keeps each tensor's device, or the CPU where it is missing.
+        storage_options: fsspec options for the URL.
+        verify: check the artifact against the checksum its root's manifest records.
+
+    Returns:
+        The ``torch.jit.ScriptModule`` in eval mode.
+
+    Raises:
+        ChecksumMismatchError: the artifact differs from its record.
+        CheckpointError: not a TorchScript archive.
+    """
     from .export import load_torchscript as _load
 
     return _load(url, map_location=map_location, storage_options=storage_options, verify=verify)
@@ -34,7 +48,22 @@ def load_torchscript(url: str, *, map_location: Any = None, storage_options: Any
 def load_program(
     url: str, *, map_location: Any = None, storage_options: Any = None, verify: bool = True, trust_pickle: bool = False
 ) -> Any:
-    """Load a ``torch.export`` artifact; returns its module in eval mode (unsafe archives refused)."""
+    """Load a ``torch.export`` artifact; returns its module in eval mode.
+
+    Args:
+        url: the artifact's URL (as returned by ``export_program``) or any path.
+        map_location: a device to move the module's parameters and buffers to.
+        storage_options: fsspec options for the URL.
+        verify: check the artifact against the checksum its root's manifest records.
+        trust_pickle: load archives that would unpickle arbitrary objects or native code.
+
+    Returns:
+        ``program.module()`` in eval mode.
+
+    Raises:
+        UnsafeCheckpointError: the archive needs arbitrary pickle (without ``trust_pickle``).
+        ChecksumMismatchError: the artifact differs from its record.
+    """
     from .export import load_program as _load
 
     return _load(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Sequence
+from collections.abc import Sequence
 
 from .records import CheckpointInfo
 
@@ -26,6 +26,17 @@ class RetentionPolicy:
       on what was pruned before (like TF's ``keep_checkpoint_every_n_hours``).
     * ``keep_best`` + ``metric`` + ``mode``: the N best by a metric; versions
       without the metric are not ranked, and this rule alone never evicts them.
+
+    Args:
+        keep_last: keep the N most recently committed versions.
+        keep_every_n_steps: keep versions whose step is a multiple of K.
+        keep_interval: keep the first version of each interval (``timedelta`` or seconds).
+        keep_best: keep the N best versions by ``metric``.
+        metric: the metric ``keep_best`` (and ``best()``) ranks by.
+        mode: ``"min"`` (lower is better) or ``"max"``.
+
+    Raises:
+        ValueError: a non-positive count or interval, ``keep_best`` without ``metric``, a bad ``mode``.
     """
 
     keep_last: int | None = None
@@ -53,6 +64,7 @@ class RetentionPolicy:
 
     @property
     def interval_seconds(self) -> float | None:
+        """``keep_interval`` in seconds (None when unset or not a duration)."""
         if self.keep_interval is None:
             return None
         if isinstance(self.keep_interval, timedelta):
@@ -63,12 +75,20 @@ class RetentionPolicy:
 
     @property
     def keeps_everything(self) -> bool:
+        """True when no rule is set (nothing is ever removed)."""
         return all(
             v is None for v in (self.keep_last, self.keep_every_n_steps, self.keep_interval, self.keep_best)
         )
 
     def to_remove(self, versions: Sequence[CheckpointInfo]) -> list[CheckpointInfo]:
-        """Versions (given oldest-committed first) that no rule keeps, oldest first."""
+        """The versions no rule keeps (never the newest, never a pinned one).
+
+        Args:
+            versions: the listed versions, oldest-committed first.
+
+        Returns:
+            The versions to remove, oldest first.
+        """
         if self.keeps_everything or not versions:
             return []
         keep: set[str] = {versions[-1].version} | {v.version for v in versions if v.pinned}
