@@ -13,14 +13,13 @@ import textwrap
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl  # a missing lightning fails here: CI installs it
 import pytest
 import torch
+from lightning_net import Mode, Net, hparams, loaders, make_trainer
 
-import lightning.pytorch as pl  # a missing lightning fails here: CI installs it
-
-from lightning_net import Mode, Net, hparams, loaders, make_trainer  # noqa: E402
-from torchckpt import CheckpointManager, RetentionPolicy  # noqa: E402
-from torchckpt.integrations.lightning import TorchckptIO  # noqa: E402
+from torchckpt import CheckpointManager, RetentionPolicy
+from torchckpt.integrations.lightning import TorchckptIO
 
 
 class StartStep(pl.Callback):
@@ -66,8 +65,8 @@ def test_top2_and_last_through_the_plugin_then_resume(kind, request, tmp_path):
     trainer2.fit(Net(**hparams()), train, val, ckpt_path="last")
     assert start.global_step == 8
     assert trainer2.global_step == 12
-    assert {v.name for v in mgr.list()} == {posixpath.basename(p) for p in trainer2.checkpoint_callback.best_k_models} | {
-        "last.ckpt"}
+    kept = {posixpath.basename(p) for p in trainer2.checkpoint_callback.best_k_models}
+    assert {v.name for v in mgr.list()} == kept | {"last.ckpt"}
 
     # load_from_checkpoint: the documented route, weights_only throughout
     best = ckpt_io2.load_from_checkpoint(Net, "best")

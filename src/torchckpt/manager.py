@@ -179,14 +179,15 @@ class CheckpointManager:
         if whole_model and "model" not in objects:
             raise ValueError("whole_model=True needs the module passed as model=...")
         args = dict(step=step, epoch=epoch, metrics=clean_metrics(metrics), tags=tuple(str(t) for t in tags))
-        named = {} if name is None else {"name": check_version_name(name), "replace": replace}
+        if name is not None:
+            check_version_name(name)
         extra_clean = dict(extra or {})
         run_async = self.async_save if blocking is None else not blocking
         if self._may_shard():  # sharded state / distributed=True: every rank saves through DCP
             from . import distributed
 
             if distributed.wants_sharded(self.distributed, objects, extra_clean):
-                if whole_model or named:
+                if whole_model or name is not None:
                     raise ValueError("whole_model=True and name= are not supported for sharded (distributed) saves")
                 self.wait()
                 info = distributed.save_sharded(self.storage, self.retention, objects, extra=extra_clean, **args)
@@ -202,7 +203,8 @@ class CheckpointManager:
         module = objects["model"] if whole_model else None
         if not run_async:
             self.wait()
-            return write_version(self.storage, self.format, payload, module, self.retention, **args, **named)
+            return write_version(self.storage, self.format, payload, module, self.retention, **args, name=name,
+                                 replace=replace)
         if self._saver is None:
             self._saver = AsyncSaver()
         self._saver.wait()  # one save in flight, and its staging buffers are about to be reused
@@ -210,7 +212,8 @@ class CheckpointManager:
         staged = self._saver.staging.snapshot(payload)  # one copy into reused (pinned for CUDA) buffers
         module_bytes = pickle_module(module) if module is not None else None
         return self._saver.submit(
-            lambda: write_version(self.storage, self.format, staged, module_bytes, self.retention, **args, **named),
+            lambda: write_version(self.storage, self.format, staged, module_bytes, self.retention, **args, name=name,
+                                  replace=replace),
             blocked_s=time.perf_counter() - started,
         )
 

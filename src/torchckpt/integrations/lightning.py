@@ -53,7 +53,7 @@ try:  # the unified package first, the standalone one otherwise
     from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
     from lightning.pytorch.callbacks import ModelCheckpoint
 except ImportError:  # pragma: no cover - exercised only where just pytorch_lightning is installed
-    from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO  # type: ignore[no-redef]
+    from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO  # type: ignore[no-redef,assignment]
     from pytorch_lightning.callbacks import ModelCheckpoint  # type: ignore[no-redef,assignment]
 
 log = logging.getLogger(__name__)
