@@ -201,6 +201,12 @@ def test_folder_versions_are_versions(backend, tmp_path):
     assert [c.version for c in copied] == [infos[2].version] and dst.list()[0].name == "checkpoint-3"
     assert dst.verify().ok
     assert read_tree(dst.restore_files("checkpoint-3", tmp_path / "back")) == read_tree(tmp_path / "src")
+    # a name held by another version at the destination: refused before anything is copied
+    other = CheckpointManager(str(tmp_path / "other"))
+    other.save(1, w=torch.zeros(1), name="checkpoint-3")
+    with pytest.raises(NameConflictError, match="checkpoint-3"):
+        copy_versions(mgr, other)
+    assert len(other.list()) == 1 and len(os.listdir(tmp_path / "other" / "versions")) == 1
     # repair rebuilds the record (name and nested paths) from meta.json
     assert [v.to_record() for v in mgr.repair()] == [v.to_record() for v in mgr.list()]
 

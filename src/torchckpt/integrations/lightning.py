@@ -327,11 +327,21 @@ class TorchckptFileSystem(fsspec.AbstractFileSystem):  # type: ignore[misc]
                 "created": info.created_at.timestamp()}
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        """Every listed version (by name, else id) under ``torchckpt://<key>``, or the one file ``path`` names.
+
+        Raises:
+            FileNotFoundError: no ``TorchckptIO`` with that key in this process, or no such version.
+        """
         ckpt_io, name = self._io(path)
         entries = [self._entry(ckpt_io, v) for v in ckpt_io.manager.list()] if not name else [self.info(path)]
         return entries if detail else [e["name"] for e in entries]
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        """``{"name", "size", "type"}`` of the root (a directory) or of one version (a file).
+
+        Raises:
+            FileNotFoundError: no such version.
+        """
         ckpt_io, name = self._io(path)
         if not name:
             return {"name": ckpt_io.key, "size": 0, "type": "directory"}
@@ -341,6 +351,11 @@ class TorchckptFileSystem(fsspec.AbstractFileSystem):  # type: ignore[misc]
             raise FileNotFoundError(f"{PROTOCOL}://{ckpt_io.key}/{name}") from None
 
     def modified(self, path: str) -> datetime:
+        """When the version was created (Lightning picks the newest ``last`` by it).
+
+        Raises:
+            CheckpointNotFoundError: no such version.
+        """
         ckpt_io, name = self._io(path)
         return ckpt_io.info(name).created_at
 
@@ -361,6 +376,7 @@ class TorchckptFileSystem(fsspec.AbstractFileSystem):  # type: ignore[misc]
         return buf
 
     def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
+        """Delete the versions ``path`` names (missing ones are ignored)."""
         for p in [path] if isinstance(path, str) else path:
             ckpt_io, name = self._io(p)
             ckpt_io.remove_checkpoint(name)

@@ -53,7 +53,8 @@ def log_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for entry in log_history:
         for key, value in entry.items():
-            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if key != "step" and numeric and math.isfinite(value):
                 metrics[str(key)] = float(value)
     return metrics
 
