@@ -45,6 +45,10 @@ class AsyncSaveError(CheckpointError):
     """A background save failed; raised on the next save, wait() or close()."""
 
 
+class NameConflictError(CheckpointError, ValueError):
+    """A version name is already held by another listed version."""
+
+
 class MissingObjectError(CheckpointError, KeyError):
     """restore() was given an object name that the version did not save."""
 
@@ -67,4 +71,5 @@ __all__ = [
     "ReadOnlyError",
     "AsyncSaveError",
     "MissingObjectError",
+    "NameConflictError",
 ]

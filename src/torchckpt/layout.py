@@ -8,6 +8,10 @@
   exports/<version-id>/<name>   inference artifacts (EXPORTS, export_path)
 ```
 
+A folder version (``layout="files"``) records relative paths such as
+``sub/dir/file.bin`` (``check_rel_path``); every other version records plain
+file names (``check_file_name``).
+
 Every path a user, a manifest or a framework supplies goes through a check here
 before it reaches storage, so nothing can escape the root.
 """
@@ -32,6 +36,14 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,199}$")
 #: Names chosen by callers that become file names (safetensors objects, export artifacts).
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,120}$")
+#: One segment of a folder version's relative path: no separators, no glob magic, no control characters.
+_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_.,=+@~()-](?:[A-Za-z0-9_.,=+@~() -]{0,253}[A-Za-z0-9_.,=+@~()-])?$")
+#: A version's caller-chosen name (a framework's checkpoint file name such as ``epoch=1-step=20.ckpt``).
+_VERSION_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,=+@~-]{0,199}$")
+#: Selectors a version name may not shadow.
+RESERVED_NAMES = ("latest", "best")
+#: Deepest folder nesting a folder version may record.
+MAX_DEPTH = 32
 _ID_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 
 
@@ -84,6 +96,60 @@ def check_file_name(name: str) -> str:
     return name
 
 
+def check_rel_path(name: str) -> str:
+    """A file of a folder version: a relative POSIX path of plain segments that stays inside its version.
+
+    ``a/b/c.bin`` is fine; absolute paths, ``..`` or ``.`` segments, backslashes, empty
+    segments, glob characters (``*?[]``), control characters and a top-level ``meta.json``
+    (the commit marker) are not.
+
+    Args:
+        name: the path as recorded (``/``-separated).
+
+    Returns:
+        ``name`` unchanged.
+
+    Raises:
+        CheckpointError: ``name`` could escape its version folder or cannot be stored safely.
+    """
+    if not isinstance(name, str) or not name or name.startswith("/") or name == META:
+        raise CheckpointError(f"invalid file path {name!r} in a folder version: use a relative path other than {META}")
+    parts = name.split("/")
+    if len(parts) > MAX_DEPTH or any(p in ("", ".", "..") or not _SEGMENT_RE.match(p) for p in parts):
+        raise CheckpointError(
+            f"invalid file path {name!r} in a folder version: each '/'-separated part must be a plain name "
+            "(letters, digits, spaces inside, and _ . , = + @ ~ ( ) -; no '..', no backslash, no glob characters)"
+        )
+    return name
+
+
+def check_version_name(name: str) -> str:
+    """A caller-chosen version name: usable as a selector, so it cannot look like another selector.
+
+    Raises:
+        ValueError: ``name`` holds anything but letters, digits and ``_ . , = + @ ~ -``, is ``latest``/``best``,
+            is all digits (a step), contains ``..`` or is longer than 200 characters.
+    """
+    if (
+        not isinstance(name, str) or not _VERSION_NAME_RE.match(name) or ".." in name
+        or name in RESERVED_NAMES or name.isdigit()
+    ):
+        raise ValueError(
+            f"invalid version name {name!r}: use 1-200 of letters, digits and _ . , = + @ ~ - (starting with a "
+            "letter, digit or '_'), no '..', and not 'latest', 'best' or a plain number"
+        )
+    return name
+
+
+def is_version_name(name: object) -> bool:
+    """True for a string ``check_version_name`` accepts."""
+    try:
+        check_version_name(name)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
+
+
 def is_plain_name(name: object) -> bool:
     """True for a caller-chosen name that can safely become a file name."""
     return isinstance(name, str) and bool(_NAME_RE.match(name)) and ".." not in name
@@ -110,8 +176,16 @@ def version_dir(version: str) -> str:
 
 
 def version_file(version: str, name: str) -> str:
-    """``versions/<id>/<name>``, both checked."""
-    return f"{version_dir(version)}/{check_file_name(name)}"
+    """``versions/<id>/<name>``, both checked (``name`` may be a folder version's relative path)."""
+    return f"{version_dir(version)}/{name if '/' not in name and _plain_file(name) else check_rel_path(name)}"
+
+
+def _plain_file(name: str) -> bool:
+    try:
+        check_file_name(name)
+    except CheckpointError:
+        return False
+    return True
 
 
 def meta_path(version: str) -> str:

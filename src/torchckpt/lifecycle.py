@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import manifest as mf
+from .errors import NameConflictError
 from .layout import META, export_dir, export_path, meta_path, version_dir, version_file
 from .records import CheckpointInfo, meta_bytes
 from .retention import RetentionPolicy
@@ -35,6 +36,7 @@ def commit_version(
     *,
     meta_extra: Mapping[str, Any] | None = None,
     meta: bytes | None = None,
+    replace_name: bool = False,
 ) -> list[CheckpointInfo]:
     """Commit a written version, list it, apply retention, delete what retention dropped.
 
@@ -45,15 +47,21 @@ def commit_version(
         retention: the policy applied in the same manifest update (None: keep all).
         meta_extra: layout-specific fields stored in ``meta.json`` beside the record.
         meta: ``meta.json`` bytes to write as they are (copies keep the source's).
+        replace_name: a listed version holding ``info.name`` is unlisted in the same update (else: an error).
 
     Returns:
-        The versions retention removed.
+        The versions retention (or ``replace_name``) removed.
 
     Raises:
         StorageError: the commit or the manifest update failed (the version is not listed).
+        NameConflictError: ``info.name`` is taken (the committed data is removed again).
     """
     writer.commit(META, meta if meta is not None else meta_bytes(info, meta_extra))
-    removed = list_version(storage, info, retention)
+    try:
+        removed = list_version(storage, info, retention, replace_name=replace_name)
+    except NameConflictError:
+        delete_data(storage, [info])  # committed but never listed: nobody else can be reading it
+        raise
     if removed:
         # The version is committed: a failed delete must not make the save look failed
         # (the caller would retry and duplicate it); ``gc`` removes what is left.
@@ -66,7 +74,12 @@ def commit_version(
 
 
 def list_version(
-    storage: Storage, info: CheckpointInfo, retention: RetentionPolicy | None = None, *, in_time_order: bool = False
+    storage: Storage,
+    info: CheckpointInfo,
+    retention: RetentionPolicy | None = None,
+    *,
+    in_time_order: bool = False,
+    replace_name: bool = False,
 ) -> list[CheckpointInfo]:
     """List a committed version and unlist what ``retention`` drops, in one manifest update.
 
@@ -77,9 +90,14 @@ def list_version(
         info: the committed version.
         retention: applied to the new list; the new version itself is never dropped.
         in_time_order: insert by ``created_at`` (copies of older versions) instead of appending.
+        replace_name: unlist the version that holds ``info.name`` (unless pinned) instead of raising.
 
     Returns:
         The unlisted versions, whose data the caller deletes.
+
+    Raises:
+        NameConflictError: ``info.name`` is held by another listed version (checked inside the update, so two
+            writers cannot both take a name).
     """
     removed: list[CheckpointInfo] = []
 
@@ -87,6 +105,18 @@ def list_version(
         removed.clear()
         if m.find(info.version) is not None:
             return None
+        holders = name_holders(m.versions, info.name)
+        if holders:
+            pinned = [h.version for h in holders if h.pinned]
+            if not replace_name or pinned:
+                why = f"pinned version {pinned[0]}" if pinned else f"version {holders[0].version}"
+                raise NameConflictError(
+                    f"the name {info.name!r} is held by {why} in {storage.root_url}; choose another name"
+                    + ("" if pinned else ", delete that version, or pass replace=True to move the name")
+                )
+            removed.extend(holders)
+            held = {h.version for h in holders}
+            m = mf.Manifest(m.generation, [v for v in m.versions if v.version not in held])
         if in_time_order:
             keys = [(v.created_at, v.version) for v in m.versions]
             at = bisect.bisect_right(keys, (info.created_at, info.version))  # keep created_at order, as repair does
@@ -95,11 +125,17 @@ def list_version(
             versions = m.versions + [info]
         if retention is not None:
             removed.extend(v for v in retention.to_remove(versions) if v.version != info.version)
+        removed[:] = list({v.version: v for v in removed}.values())
         gone = {v.version for v in removed}
         return mf.Manifest(m.generation, [v for v in versions if v.version not in gone])
 
     mf.update(storage, add)
     return removed
+
+
+def name_holders(versions: list[CheckpointInfo], name: str | None) -> list[CheckpointInfo]:
+    """The listed versions that hold ``name`` (none for an unnamed version)."""
+    return [] if name is None else [v for v in versions if v.name == name]
 
 
 def unlist(storage: Storage, choose: Callable[[list[CheckpointInfo]], list[CheckpointInfo]]) -> list[CheckpointInfo]:

@@ -15,12 +15,13 @@ import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import fsspec
 import torch
 
-from . import lifecycle, maintenance, rng
+from . import folders, lifecycle, maintenance, rng
 from . import manifest as mf
 from .async_save import AsyncSaver
 from .errors import (
@@ -32,7 +33,7 @@ from .errors import (
 from .formats import SAVE_FORMATS
 from .formats.devices import MapLocation
 from .formats.pickling import check_safe
-from .layout import check_names
+from .layout import check_names, check_version_name
 from .live_objects import capture
 from .maintenance import VerifyReport
 from .records import Checkpoint, CheckpointInfo
@@ -140,6 +141,8 @@ class CheckpointManager:
         tags: Iterable[str] = (),
         blocking: bool | None = None,
         whole_model: bool = False,
+        name: str | None = None,
+        replace: bool = False,
         **objects: Any,
     ) -> CheckpointInfo | Future[CheckpointInfo]:
         """Save a new version of ``objects`` (by name), with RNG states.
@@ -152,6 +155,8 @@ class CheckpointManager:
             tags: strings to record.
             blocking: False: save in the background (default: the manager's ``async_save``).
             whole_model: also pickle the ``model`` module itself (for ``load_model``).
+            name: a caller-chosen name, unique among listed versions, usable as a selector.
+            replace: move ``name`` from the version holding it (that version is removed in the same manifest update).
             **objects: name -> object with ``state_dict()``, a tensor, or a dict of tensors.
 
         Returns:
@@ -176,14 +181,16 @@ class CheckpointManager:
         if whole_model and "model" not in objects:
             raise ValueError("whole_model=True needs the module passed as model=...")
         args = dict(step=step, epoch=epoch, metrics=clean_metrics(metrics), tags=tuple(str(t) for t in tags))
+        if name is not None:
+            check_version_name(name)
         extra_clean = dict(extra or {})
         run_async = self.async_save if blocking is None else not blocking
         if self._may_shard():  # sharded state / distributed=True: every rank saves through DCP
             from . import distributed
 
             if distributed.wants_sharded(self.distributed, objects, extra_clean):
-                if whole_model:
-                    raise ValueError("whole_model=True is not supported for sharded (distributed) saves")
+                if whole_model or name is not None:
+                    raise ValueError("whole_model=True and name= are not supported for sharded (distributed) saves")
                 self.wait()
                 info = distributed.save_sharded(self.storage, self.retention, objects, extra=extra_clean, **args)
                 if run_async:  # collective: always synchronous
@@ -198,7 +205,8 @@ class CheckpointManager:
         module = objects["model"] if whole_model else None
         if not run_async:
             self.wait()
-            return write_version(self.storage, self.format, payload, module, self.retention, **args)
+            return write_version(self.storage, self.format, payload, module, self.retention, **args, name=name,
+                                 replace=replace)
         if self._saver is None:
             self._saver = AsyncSaver()
         self._saver.wait()  # one save in flight, and its staging buffers are about to be reused
@@ -206,9 +214,48 @@ class CheckpointManager:
         staged = self._saver.staging.snapshot(payload)  # one copy into reused (pinned for CUDA) buffers
         module_bytes = pickle_module(module) if module is not None else None
         return self._saver.submit(
-            lambda: write_version(self.storage, self.format, staged, module_bytes, self.retention, **args),
+            lambda: write_version(self.storage, self.format, staged, module_bytes, self.retention, **args, name=name,
+                                  replace=replace),
             blocked_s=time.perf_counter() - started,
         )
+
+    def save_files(
+        self, step: int, local_dir: str | os.PathLike[str], *, epoch: int | None = None,
+        metrics: Mapping[str, float] | None = None, tags: Iterable[str] = (), name: str | None = None,
+        replace: bool = False,
+    ) -> CheckpointInfo:
+        """Commit every file under ``local_dir`` (recursively) as one folder version (``folders.save_files``).
+
+        Args:
+            step: the training step.
+            local_dir: the folder (e.g. a framework's ``checkpoint-N/``).
+            epoch: the epoch, if any.
+            metrics: numbers to record.
+            tags: strings to record.
+            name: a caller-chosen name, unique among listed versions, usable as a selector.
+            replace: move ``name`` from the version holding it (removed in the same manifest update).
+
+        Returns:
+            The committed version's record (``layout == "files"``).
+
+        Raises:
+            ReadOnlyError, NameConflictError, CheckpointError (an unsafe file path), StorageError.
+        """
+        self.check_writable()
+        self.wait()
+        return folders.save_files(self.storage, self.retention, local_dir, step=step, epoch=epoch,
+                                  metrics=clean_metrics(metrics), tags=tuple(str(t) for t in tags), name=name,
+                                  replace=replace)
+
+    def restore_files(self, version: Selector = "latest", local_dir: str | os.PathLike[str] | None = None) -> Path:
+        """Materialise a folder version into ``local_dir``, every file verified first (``folders.restore_files``).
+
+        Raises:
+            CheckpointNotFoundError, ChecksumMismatchError (``local_dir`` left as it was), CheckpointError.
+        """
+        if local_dir is None:
+            raise TypeError("restore_files needs local_dir: the folder to materialise the version into")
+        return folders.restore_files(self.storage, self.resolve(version), local_dir)
 
     def _may_shard(self) -> bool:
         """Cheap pre-check, so single-process users never pay DCP's ~0.7 s import."""
@@ -249,7 +296,7 @@ class CheckpointManager:
         """The record of one version.
 
         Args:
-            version: ``"latest"``, ``"best"``, a step, an id or a ``CheckpointInfo``.
+            version: ``"latest"``, ``"best"``, a step, an id, a version name or a ``CheckpointInfo``.
 
         Raises:
             CheckpointNotFoundError: nothing matches (the message names what exists).

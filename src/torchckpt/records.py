@@ -12,7 +12,10 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from .errors import CheckpointError
-from .layout import check_file_name, check_version_id
+from .layout import check_file_name, check_rel_path, check_version_id, check_version_name
+
+#: ``CheckpointInfo.layout`` of a folder version (``save_files``): its files keep their relative paths.
+FILES_LAYOUT = "files"
 
 def _parse_time(value: str) -> datetime:
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -38,6 +41,7 @@ class CheckpointInfo:
     torch_version: str = ""
     exports: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False, repr=False)
     layout: str = "single"
+    name: str | None = None
 
     def to_record(self, *, with_index_fields: bool = True) -> dict[str, Any]:
         """JSON form; meta.json leaves out ``pinned``/``exports``/``url`` (they change)."""
@@ -55,6 +59,8 @@ class CheckpointInfo:
             "torch_version": self.torch_version,
             "objects": list(self.objects),
         }
+        if self.name is not None:  # absent from records of unnamed versions (and of older torchckpt)
+            rec["name"] = self.name
         if with_index_fields:
             rec["pinned"] = self.pinned
             rec["exports"] = self.exports
@@ -62,7 +68,15 @@ class CheckpointInfo:
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any], url: str = "") -> "CheckpointInfo":
+        """Parse a manifest or ``meta.json`` record; every path and name in it is checked.
+
+        Raises:
+            CheckpointError: the record is malformed or names a path that could escape its version.
+        """
+        layout = str(rec.get("layout", "single"))
+        check_path = check_rel_path if layout == FILES_LAYOUT else check_file_name
         try:
+            name = rec.get("name")
             return cls(
                 version=check_version_id(rec["id"]),
                 step=int(rec["step"]),
@@ -72,13 +86,14 @@ class CheckpointInfo:
                 tags=tuple(rec.get("tags") or ()),
                 pinned=bool(rec.get("pinned", False)),
                 size_bytes=int(rec.get("size_bytes", 0)),
-                files={check_file_name(k): v for k, v in dict(rec.get("files") or {}).items()},
+                files={check_path(k): v for k, v in dict(rec.get("files") or {}).items()},
                 format=str(rec.get("format", "torch")),
                 url=url,
                 objects=tuple(rec.get("objects") or ()),
                 torch_version=str(rec.get("torch_version", "")),
                 exports={check_file_name(k): v for k, v in dict(rec.get("exports") or {}).items()},
-                layout=str(rec.get("layout", "single")),
+                layout=layout,
+                name=None if name is None else check_version_name(name),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"malformed version record {dict(rec)!r}: {exc}") from exc

@@ -43,6 +43,8 @@ def write_version(
     epoch: int | None,
     metrics: dict[str, float | None],
     tags: tuple[str, ...],
+    name: str | None = None,
+    replace: bool = False,
 ) -> CheckpointInfo:
     """Write, commit and list one version; apply retention in the same manifest update.
 
@@ -56,12 +58,15 @@ def write_version(
         epoch: the epoch, if any.
         metrics: recorded metrics (finite numbers or None).
         tags: recorded tags.
+        name: a caller-chosen name, unique among listed versions.
+        replace: move ``name`` from the version holding it (removed in the same manifest update).
 
     Returns:
         The committed version's record.
 
     Raises:
         StorageError: the backend failed; nothing was listed.
+        NameConflictError: ``name`` is held by another version and ``replace`` is False.
     """
     started = time.perf_counter()
     created = datetime.now(timezone.utc)
@@ -78,9 +83,9 @@ def write_version(
                     files[MODULE_FILE] = save_pickled(module, f)
         info = new_version_info(
             vid, files=files, url=storage.url(version_dir(vid)), created_at=created, step=step, epoch=epoch,
-            metrics=metrics, tags=tags, format=format, objects=tuple(payload["objects"]),
+            metrics=metrics, tags=tags, format=format, objects=tuple(payload["objects"]), name=name,
         )
-        removed = commit_version(storage, writer, info, retention)
+        removed = commit_version(storage, writer, info, retention, replace_name=replace)
     except BaseException as exc:
         writer.abort()
         cause = storage_cause(exc)  # torch.save turns a failed write into a RuntimeError

@@ -10,7 +10,7 @@ import math
 from typing import Any, Union
 
 from .errors import CheckpointNotFoundError
-from .layout import check_version_id
+from .layout import check_version_id, is_version_name
 from .records import CheckpointInfo
 from .retention import RetentionPolicy
 
@@ -60,7 +60,7 @@ def resolve(
 
     Args:
         versions: the listed versions, oldest first.
-        version: ``"latest"``, ``"best"``, a step (int), a version id, or a ``CheckpointInfo``.
+        version: ``"latest"``, ``"best"``, a step (int), a version id, a version name, or a ``CheckpointInfo``.
         root_url: for the error message.
         retention: supplies the metric of ``"best"``.
 
@@ -81,10 +81,15 @@ def resolve(
     elif isinstance(version, int) and not isinstance(version, bool):
         found = next((v for v in reversed(versions) if v.step == version), None)
     elif isinstance(version, str):
-        check_version_id(version)
+        if not is_version_name(version):
+            check_version_id(version)  # neither an id nor a name: refused (paths, odd characters)
         found = next((v for v in versions if v.version == version), None)
+        if found is None:  # a caller-chosen name (``save_files(..., name=)``), unique among listed versions
+            found = next((v for v in reversed(versions) if v.name == version), None)
     else:
-        raise TypeError(f"version must be 'latest', 'best', a step, an id or a CheckpointInfo, not {version!r}")
+        raise TypeError(
+            f"version must be 'latest', 'best', a step, an id, a name or a CheckpointInfo, not {version!r}"
+        )
     if found is None:
         raise CheckpointNotFoundError(not_found_message(version, versions, root_url))
     return found

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any
 
 from . import manifest as mf
-from .errors import CheckpointError, ChecksumMismatchError, ReadOnlyError
+from .errors import CheckpointError, ChecksumMismatchError, NameConflictError, ReadOnlyError
 from .hashing import digest_of, new_hasher
 from .layout import META, export_path, meta_path, version_dir, version_file
 from .lifecycle import list_version
@@ -68,6 +68,13 @@ def copy_versions(
     if dst.read_only:
         raise ReadOnlyError(f"cannot copy into {dst.root_url}: its manager is read-only")
     todo, skipped = plan_copy(src, dst, versions)
+    held = {v.name: v.version for v in dst.list() if v.name is not None}
+    for info in todo:  # refuse before copying a byte (the manifest update checks again)
+        if info.name is not None and held.get(info.name, info.version) != info.version:
+            raise NameConflictError(
+                f"cannot copy {info.version}: its name {info.name!r} is held by version {held[info.name]} at "
+                f"{dst.root_url}; delete that version there first"
+            )
     for info in skipped:
         log.info("skipping %s: already at %s", info.version, dst.root_url)
     return [_copy_one(src, dst, info, progress) for info in todo]

@@ -46,7 +46,8 @@ def list_cmd(root: str, metric: str | None, mode: str, opts: Opts) -> None:
     for v in versions:
         marks = [m for m, on in (("latest", v.version == latest), ("best", v.version == best_id)) if on]
         rows.append([
-            v.version, str(v.step), "" if v.epoch is None else str(v.epoch), created(v), human_size(v.size_bytes),
+            v.version if v.name is None else f"{v.version} ({v.name})", str(v.step),
+            "" if v.epoch is None else str(v.epoch), created(v), human_size(v.size_bytes),
             " ".join(f"{k}={fmt_metric(x)}" for k, x in v.metrics.items()), ",".join(v.tags),
             "yes" if v.pinned else "", ",".join(v.exports), ", ".join(marks),
         ])
@@ -78,7 +79,8 @@ def show(root: str, version: str, tensors: bool, metric: str | None, mode: str, 
             {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "numel": t.numel} for t in summary]})
         return
     fields = [
-        ("id", info.version), ("url", info.url), ("step", info.step), ("epoch", info.epoch),
+        ("id", info.version), *([("name", info.name)] if info.name else []), ("url", info.url),
+        ("step", info.step), ("epoch", info.epoch),
         ("created", created(info)), ("format", info.format), ("size", f"{human_size(info.size_bytes)} ({info.size_bytes} bytes)"),
         ("metrics", " ".join(f"{k}={fmt_metric(x)}" for k, x in info.metrics.items()) or "-"),
         ("tags", ", ".join(info.tags) or "-"), ("pinned", "yes" if info.pinned else "no"),

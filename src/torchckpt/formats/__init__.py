@@ -3,6 +3,7 @@
 * ``torch`` (``formats/torch_file.py``): one ``state.pt``.
 * ``safetensors`` (``formats/safetensors_file.py``): ``<name>.safetensors`` per object + ``state.pt``.
 * ``dcp`` layout (``formats/dcp.py``): shard files written by every rank through DCP.
+* ``files`` layout (``formats/files.py``): a folder of a framework's files (``save_files``).
 
 Adding a format is one module with a ``Format`` subclass plus one ``register_format`` line.
 """
@@ -33,6 +34,7 @@ def register_format(name: str, fmt: str | Format) -> None:
 register_format("torch", "torchckpt.formats.torch_file:TorchFormat")
 register_format("safetensors", "torchckpt.formats.safetensors_file:SafetensorsFormat")
 register_format("dcp", "torchckpt.formats.dcp:DcpFormat")  # imported only when a sharded version is read
+register_format("files", "torchckpt.formats.files:FilesFormat")  # folder versions (save_files)
 
 
 def get_format(name: str) -> Format:

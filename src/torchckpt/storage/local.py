@@ -104,7 +104,8 @@ class LocalStorage(Storage):
 
     def publish_folder(self, work_dir: str, rel_dir: str) -> None:
         work, final = self.path(work_dir), self.path(rel_dir)
-        fsync_dir(work)
+        for folder, _, _ in os.walk(work, topdown=False):  # nested folders of a folder version, the top last
+            fsync_dir(folder)
         os.rename(work, final)
         fsync_dir(os.path.dirname(final))
 
