@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "storage": 2,
     "manifest": 3, "retention": 3,
     "selectors": 4, "lifecycle": 4, "formats": 4, "live_objects": 4,
-    "saving": 5, "restoring": 5, "maintenance": 5, "async_save": 5, "staging": 5, "distributed": 5,
+    "saving": 5, "restoring": 5, "folders": 5, "maintenance": 5, "async_save": 5, "staging": 5, "distributed": 5,
     "export": 5, "summary": 5, "training": 5,
     "manager": 6,
     "transfer": 7, "tiers": 7,
