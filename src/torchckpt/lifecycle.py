@@ -53,7 +53,27 @@ def commit_version(
         StorageError: the commit or the manifest update failed (the version is not listed).
     """
     writer.commit(META, meta if meta is not None else meta_bytes(info, meta_extra))
-    removed = list_version(storage, info, retention)
+    return list_committed(storage, info, retention)
+
+
+def list_committed(
+    storage: Storage, info: CheckpointInfo, retention: RetentionPolicy | None, *, in_time_order: bool = False
+) -> list[CheckpointInfo]:
+    """List a version whose ``meta.json`` is written, apply retention, delete what retention dropped.
+
+    Args:
+        storage: the root.
+        info: the committed version's record.
+        retention: the policy applied in the same manifest update (None: keep all).
+        in_time_order: insert by ``created_at`` (copies, uploads) instead of appending.
+
+    Returns:
+        The versions retention removed.
+
+    Raises:
+        StorageError: the manifest update failed (the version is not listed).
+    """
+    removed = list_version(storage, info, retention, in_time_order=in_time_order)
     if removed:
         # The version is committed: a failed delete must not make the save look failed
         # (the caller would retry and duplicate it); ``gc`` removes what is left.
