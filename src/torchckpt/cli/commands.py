@@ -1,4 +1,4 @@
-"""The commands: list, show, prune, delete, pin, unpin, verify, gc, repair, copy, demo."""
+"""The commands: list, show, prune, delete, pin, unpin, verify, gc, repair, copy, sync, demo."""
 
 from __future__ import annotations
 
@@ -18,13 +18,20 @@ from .parsing import DURATION
 
 
 # ----- list / show --------------------------------------------------------------------------------------
+CACHE_OPTION = click.option("--cache", metavar="DIR", help="The local cache tier in front of ROOT (see docs/tiers.md).")
+
+
 @cli.command("list")
 @click.argument("root")
+@CACHE_OPTION
 @best_options
 @common
-def list_cmd(root: str, metric: str | None, mode: str, opts: Opts) -> None:
-    """Table of versions, oldest first; marks the latest and (with --metric) the best."""
-    mgr = open_manager(root, opts)
+def list_cmd(root: str, cache: str | None, metric: str | None, mode: str, opts: Opts) -> None:
+    """Table of versions, oldest first; marks the latest and (with --metric) the best.
+
+    With --cache: also versions committed in the cache but not uploaded yet, and where each version is.
+    """
+    mgr = open_manager(root, opts, cache=cache)
     versions = mgr.list()
     latest = versions[-1].version if versions else None
     best = best_of(versions, metric, mode) if metric else None  # ranks the listing already read
@@ -48,12 +55,15 @@ def list_cmd(root: str, metric: str | None, mode: str, opts: Opts) -> None:
         rows.append([
             v.version, str(v.step), "" if v.epoch is None else str(v.epoch), created(v), human_size(v.size_bytes),
             " ".join(f"{k}={fmt_metric(x)}" for k, x in v.metrics.items()), ",".join(v.tags),
-            "yes" if v.pinned else "", ",".join(v.exports), ", ".join(marks),
+            "yes" if v.pinned else "", ",".join(v.exports), *([",".join(v.tiers)] if cache else []), ", ".join(marks),
         ])
-    headers = ["ID", "STEP", "EPOCH", "CREATED", "SIZE", "METRICS", "TAGS", "PINNED", "EXPORTS", ""]
+    headers = ["ID", "STEP", "EPOCH", "CREATED", "SIZE", "METRICS", "TAGS", "PINNED", "EXPORTS",
+               *(["TIERS"] if cache else []), ""]
     click.echo(table(headers, rows))
     total = sum(v.size_bytes for v in versions)
-    click.echo(f"{len(versions)} version(s), {human_size(total)} in {mgr.root_url}")
+    pending = sum("root" not in v.tiers for v in versions)
+    click.echo(f"{len(versions)} version(s), {human_size(total)} in {mgr.root_url}"
+               + (f"; {pending} not uploaded yet from {cache}" if cache else ""))
 
 
 @cli.command()
@@ -311,6 +321,32 @@ def _flatten(options: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, A
             yield from _flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+# ----- sync ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("root")
+@click.option("--cache", metavar="DIR", required=True, help="The local cache tier whose pending versions to upload.")
+@common
+def sync(root: str, cache: str, opts: Opts) -> None:
+    """Upload the versions committed in the cache DIR but not yet in ROOT (what a crashed run left behind).
+
+    The same code path as a manager's background uploader: each version is verified,
+    committed with ROOT's protocol and listed; exit 1 if any upload failed (they stay in the cache).
+    """
+    from ..manager import CheckpointManager
+
+    options = opts.storage_options or None
+    CheckpointManager(root, storage_options=options)  # create a missing root; a missing cache is an error below
+    pending = CheckpointManager(root, storage_options=options, cache=cache, read_only=True).pending_uploads()
+    mgr = CheckpointManager(root, storage_options=options, cache=cache)  # starts the uploader on what is pending
+    mgr.close()  # runs the upload pass and waits; raises UploadError (one line, exit 1) on a failure
+    if opts.json:
+        emit_json({"root": mgr.root_url, "cache": cache, "uploaded": [record(v) for v in pending]})
+        return
+    for v in pending:
+        opts.say(f"uploaded {v.version} (step {v.step}, {human_size(v.size_bytes)})")
+    opts.say(f"uploaded {len(pending)} version(s) from {cache} to {mgr.root_url}")
 
 
 # ----- demo ---------------------------------------------------------------------------------------------
