@@ -239,7 +239,7 @@ class CheckpointManager:
         Raises:
             ManifestError: the manifest is corrupt (run ``torchckpt repair``).
         """
-        return self._tiers.list() if self._tiers is not None else mf.read(self.storage).versions
+        return self._tiers.list_versions() if self._tiers is not None else mf.read(self.storage).versions
 
     def latest(self) -> CheckpointInfo | None:
         """The most recently committed version, or None on an empty root."""

@@ -50,7 +50,7 @@ class Tiers:
         """The cache's root URL."""
         return self.tier.storage.root_url
 
-    def list(self) -> list[CheckpointInfo]:
+    def list_versions(self) -> list[CheckpointInfo]:
         """The root's versions plus committed cache versions not yet uploaded, oldest first."""
         return self.tier.merge(mf.read(self.tier.root).versions)
 
