@@ -320,7 +320,8 @@ def test_sync_failure_is_one_line_and_exit_1(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-10])  # the only copy is damaged: it cannot be uploaded
     out = CliRunner().invoke(cli, ["sync", backend.url, "--cache", cache])
     assert out.exit_code == 1
-    assert out.output.count("\n") == 1 and "could not be uploaded" in out.output and "the source is corrupt" in out.output
+    assert out.output.count("\n") == 1
+    assert "could not be uploaded" in out.output and "the source is corrupt" in out.output
     assert plain(backend).list() == []
 
 

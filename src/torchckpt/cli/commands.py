@@ -17,10 +17,10 @@ from .output import Progress, created, emit_json, fmt_metric, human_size, record
 from .parsing import DURATION
 
 
-# ----- list / show --------------------------------------------------------------------------------------
 CACHE_OPTION = click.option("--cache", metavar="DIR", help="The local cache tier in front of ROOT (see docs/tiers.md).")
 
 
+# ----- list / show --------------------------------------------------------------------------------------
 @cli.command("list")
 @click.argument("root")
 @CACHE_OPTION
