@@ -16,7 +16,6 @@ from .app import EXIT_FAILED, Opts, best_options, cli, common, open_manager, res
 from .output import Progress, created, emit_json, fmt_metric, human_size, record, table
 from .parsing import DURATION
 
-
 CACHE_OPTION = click.option("--cache", metavar="DIR", help="The local cache tier in front of ROOT (see docs/tiers.md).")
 
 
