@@ -275,6 +275,9 @@ def test_same_manager_uploads_once_the_root_is_back(tmp_path: Path) -> None:
             mgr.wait()
         outage.up()
         assert [v.step for v in mgr.pending_uploads()] == [1]
+        report = mgr.verify()  # a pending version is verified where it is: in the cache
+        assert report.ok and len(report.checked) == 1
+        assert mgr.prune(RetentionPolicy(keep_last=1), dry_run=True) == []  # not the root's to prune yet
         mgr.wait()  # retries what is pending
         assert mgr.pending_uploads() == []
     assert [v.step for v in plain(backend).list()] == [1]

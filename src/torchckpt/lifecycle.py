@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import manifest as mf
+from .errors import CheckpointNotFoundError
 from .layout import META, export_dir, export_path, meta_path, version_dir, version_file
 from .records import CheckpointInfo, meta_bytes
 from .retention import RetentionPolicy
@@ -146,6 +147,26 @@ def unlist(storage: Storage, choose: Callable[[list[CheckpointInfo]], list[Check
         delete_data(storage, removed)
         log.info("removed %d version(s) from %s", len(removed), storage.root_url)
     return removed
+
+
+def set_pinned(storage: Storage, version: str, pinned: bool) -> CheckpointInfo:
+    """Pin or unpin a listed version (one manifest update); returns its new record.
+
+    Raises:
+        CheckpointNotFoundError: the version is not listed (removed meanwhile).
+    """
+    result: list[CheckpointInfo] = []
+
+    def change(m: mf.Manifest) -> mf.Manifest:
+        info = m.find(version)
+        if info is None:
+            raise CheckpointNotFoundError(f"version {version} was removed meanwhile")
+        result.append(info.with_(pinned=pinned))
+        m.replace(result[-1])
+        return m
+
+    mf.update(storage, change)
+    return result[-1]
 
 
 def delete_data(storage: Storage, infos: list[CheckpointInfo]) -> None:

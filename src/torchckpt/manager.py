@@ -25,7 +25,6 @@ from . import manifest as mf
 from .async_save import AsyncSaver
 from .errors import (
     CheckpointError,
-    CheckpointNotFoundError,
     ManifestError,
     ReadOnlyError,
 )
@@ -384,19 +383,7 @@ class CheckpointManager:
 
     def _set_pinned(self, version: Selector, pinned: bool) -> CheckpointInfo:
         self.check_writable(settle=True)
-        target = self.resolve(version).version
-        result: list[CheckpointInfo] = []
-
-        def change(m: mf.Manifest) -> mf.Manifest:
-            info = m.find(target)
-            if info is None:
-                raise CheckpointNotFoundError(f"version {target} was removed meanwhile")
-            result.append(info.with_(pinned=pinned))
-            m.replace(result[-1])
-            return m
-
-        mf.update(self.storage, change)
-        return result[-1]
+        return lifecycle.set_pinned(self.storage, self.resolve(version).version, pinned)
 
     def pin(self, version: Selector) -> CheckpointInfo:
         """Protect a version from every prune; returns its updated record."""
@@ -430,13 +417,14 @@ class CheckpointManager:
             self.check_writable()  # even with no policy: every write of a read-only manager raises
         if policy is None:
             return []
-        if dry_run:
-            return policy.to_remove(self.list())
+        if dry_run:  # the root's versions: a cache's pending ones are not the root's to prune yet
+            return policy.to_remove(mf.read(self.storage).versions)
         return lifecycle.unlist(self.storage, policy.to_remove)
 
     def verify(self, version: Selector | None = None) -> VerifyReport:
-        """Check sizes and checksums of one version or of all; never raises for bad data."""
-        return maintenance.verify_versions(self.storage, self.list() if version is None else [self.resolve(version)])
+        """Check sizes and checksums of one version or of all (with a cache: the root's copy, else the cache's)."""
+        infos = self.list() if version is None else [self.resolve(version)]
+        return maintenance.verify_copies([self._copies(info)[-1] for info in infos])
 
     def gc(self, older_than: timedelta | float = timedelta(hours=1)) -> list[str]:
         """Remove uncommitted leftovers older than the grace period; returns what was removed."""
