@@ -404,3 +404,21 @@ def test_upload_logs_duration_and_lag(tmp_path: Path, caplog: pytest.LogCaptureF
         mgr.wait()
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith(f"uploaded {info.version}"))
     assert " in " in line and "MB/s" in line and "behind the cache" in line
+
+
+def test_sharded_state_in_a_process_group_is_refused_before_any_write(tmp_path: Path) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        sharded = {"w": distribute_tensor(torch.ones(4, 4), mesh, [Shard(0)])}
+        with CheckpointManager(tmp_path / "root", cache=tmp_path / "cache") as mgr:
+            with pytest.raises(ValueError, match="cache= does not support sharded.*docs/tiers.md"):
+                mgr.save(1, weights=sharded)
+            assert mgr.list() == [] and mgr.save(2, weights=torch.ones(3)).tiers == ("cache",)  # plain state: fine
+        assert [v.step for v in CheckpointManager(tmp_path / "root").list()] == [2]
+    finally:
+        dist.destroy_process_group()
