@@ -326,26 +326,31 @@ def _flatten(options: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, A
 @cli.command()
 @click.argument("root")
 @click.option("--cache", metavar="DIR", required=True, help="The local cache tier whose pending versions to upload.")
+@click.option("--cache-keep-last", type=click.IntRange(0), default=2, show_default=True, metavar="N",
+              help="Uploaded versions the cache keeps afterwards.")
 @common
-def sync(root: str, cache: str, opts: Opts) -> None:
+def sync(root: str, cache: str, cache_keep_last: int, opts: Opts) -> None:
     """Upload the versions committed in the cache DIR but not yet in ROOT (what a crashed run left behind).
 
-    The same code path as a manager's background uploader: each version is verified,
+    The same upload pass as a manager's background uploader: each version is verified,
     committed with ROOT's protocol and listed; exit 1 if any upload failed (they stay in the cache).
     """
-    from ..manager import CheckpointManager
+    from ..copying import copy_size
+    from ..tiers import Tiers, failure, upload_pending
 
-    options = opts.storage_options or None
-    CheckpointManager(root, storage_options=options)  # create a missing root; a missing cache is an error below
-    pending = CheckpointManager(root, storage_options=options, cache=cache, read_only=True).pending_uploads()
-    mgr = CheckpointManager(root, storage_options=options, cache=cache)  # starts the uploader on what is pending
-    mgr.close()  # runs the upload pass and waits; raises UploadError (one line, exit 1) on a failure
-    if opts.json:
-        emit_json({"root": mgr.root_url, "cache": cache, "uploaded": [record(v) for v in pending]})
-        return
-    for v in pending:
+    mgr = open_manager(root, opts, create=True)
+    open_manager(root, opts, cache=cache)  # a missing cache is an error, not a new empty folder
+    tiers = Tiers(mgr.storage, cache, keep_last=cache_keep_last, retention=None, read_only=False, background=False)
+    with Progress(sum(copy_size(v) for v in tiers.pending()), quiet=opts.quiet or opts.json) as bar:
+        uploaded, failed = upload_pending(tiers.tier, None, progress=bar)
+    for v in uploaded:
         opts.say(f"uploaded {v.version} (step {v.step}, {human_size(v.size_bytes)})")
-    opts.say(f"uploaded {len(pending)} version(s) from {cache} to {mgr.root_url}")
+    if failed:
+        raise failure(tiers.tier, failed)
+    if opts.json:
+        emit_json({"root": mgr.root_url, "cache": tiers.cache_url, "uploaded": [record(v) for v in uploaded]})
+        return
+    opts.say(f"uploaded {len(uploaded)} version(s) from {tiers.cache_url} to {mgr.root_url}")
 
 
 # ----- demo ---------------------------------------------------------------------------------------------

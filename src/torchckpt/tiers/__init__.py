@@ -17,7 +17,7 @@ from ..records import CheckpointInfo
 from ..retention import RetentionPolicy
 from ..storage import Storage
 from .cache import CACHE, ROOT, CacheTier
-from .uploader import Uploader, UploadError, upload_one, upload_pending
+from .uploader import Uploader, UploadError, failure, upload_one, upload_pending
 
 #: Why sharded saves do not take a cache (the long form is in docs/tiers.md).
 SHARDED_REFUSAL = (
@@ -31,8 +31,16 @@ class Tiers:
     """A cache tier, its background uploader, and the read-your-writes view of both tiers."""
 
     def __init__(self, root: Storage, cache: str | os.PathLike[str], *, keep_last: int,
-                 retention: RetentionPolicy | None, read_only: bool) -> None:
+                 retention: RetentionPolicy | None, read_only: bool, background: bool = True) -> None:
         """Open the cache; unless read-only, start uploading what an earlier process left pending.
+
+        Args:
+            root: the root's storage.
+            cache: the cache's path or URL.
+            keep_last: uploaded versions the cache keeps.
+            retention: the root's policy, applied by each upload.
+            read_only: never write (no uploads, no cache creation).
+            background: run uploads on a background thread (False: the caller runs ``upload_pending``).
 
         Raises:
             ValueError: a bad ``keep_last``, or the cache is the root.
@@ -41,7 +49,7 @@ class Tiers:
         self.tier = CacheTier(root, cache, keep_last=keep_last, read_only=read_only)
         self.retention = retention
         self.uploader: Uploader | None = None
-        if not read_only:
+        if not read_only and background:
             self.uploader = Uploader(self.tier, retention)
             self.uploader.kick()  # a crash between a cache commit and its upload loses nothing
 
@@ -91,4 +99,5 @@ class Tiers:
             uploader.close()
 
 
-__all__ = ["CACHE", "ROOT", "SHARDED_REFUSAL", "CacheTier", "Tiers", "UploadError", "upload_one", "upload_pending"]
+__all__ = ["CACHE", "ROOT", "SHARDED_REFUSAL", "CacheTier", "Tiers", "UploadError", "failure", "upload_one",
+           "upload_pending"]
