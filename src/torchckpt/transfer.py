@@ -57,10 +57,4 @@ def copy_versions(
     todo, skipped = plan_copy(src, dst, versions)
     for info in skipped:
         log.info("skipping %s: already at %s", info.version, dst.root_url)
-    return [_copy_one(src, dst, info, progress) for info in todo]
-
-
-def _copy_one(
-    src: CheckpointManager, dst: CheckpointManager, listed: CheckpointInfo, progress: Progress | None
-) -> CheckpointInfo:
-    return copying.copy_version(src.storage, dst.storage, listed, progress=progress)[0]
+    return [copying.copy_version(src.storage, dst.storage, info, progress=progress)[0] for info in todo]
