@@ -422,3 +422,14 @@ def test_sharded_state_in_a_process_group_is_refused_before_any_write(tmp_path: 
         assert [v.step for v in CheckpointManager(tmp_path / "root").list()] == [2]
     finally:
         dist.destroy_process_group()
+
+
+def test_any_fsspec_url_is_a_cache(memory_backend: Backend, tmp_path: Path) -> None:
+    with CheckpointManager(tmp_path / "root", cache=memory_backend.url, cache_keep_last=1) as mgr:
+        a = mgr.save(1, model=tensors_for(1))
+        assert a.url.startswith("memory://")
+        mgr.save(2, model=tensors_for(2))
+        mgr.wait()
+        assert [v.tiers for v in mgr.list()] == [("root",), ("cache", "root")]
+        same(mgr.load(1)["model"], tensors_for(1))
+    assert CheckpointManager(tmp_path / "root").verify().ok
