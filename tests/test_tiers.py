@@ -138,6 +138,7 @@ def test_pin_and_delete_of_a_pending_version_act_on_the_root(root: Backend, tmp_
 # ----- crash safety ----------------------------------------------------------------------------------------
 CHILD = textwrap.dedent("""
     import json, os, sys, time
+    import torch
     sys.path[:0] = [{src!r}, {tests!r}]
     import torchckpt.copying as copying
     from torchckpt import CheckpointManager
@@ -153,7 +154,8 @@ CHILD = textwrap.dedent("""
     copying.stream = blocked
     job = json.loads(sys.argv[1])
     mgr = CheckpointManager(job["root"], storage_options=job["options"] or None, cache=job["cache"])
-    info = mgr.save(7, model=tensors_for(7))
+    big = torch.Generator().manual_seed(7)
+    info = mgr.save(7, model=tensors_for(7), big=torch.randn(6 << 20, generator=big))  # 24 MiB: S3 parts leave
     print("SAVED", info.version, flush=True)
     time.sleep(3600)
 """)
@@ -178,8 +180,16 @@ def test_kill_during_upload_loses_nothing(root: Backend, tmp_path: Path) -> None
         proc.wait()
     vid = seen["SAVED"]
     assert plain(root).list() == []  # the upload was cut short: nothing listed in the root
-    if root.kind == "local":
-        assert any(n.startswith(".tmp-") for n in os.listdir(Path(root.url) / "versions"))  # really half-written
+    if root.kind == "local":  # really half-written: a staging folder, or parts of an unfinished S3 upload
+        assert any(n.startswith(".tmp-") for n in os.listdir(Path(root.url) / "versions"))
+    else:
+        import boto3
+
+        s3 = boto3.client("s3", endpoint_url=root.env["AWS_ENDPOINT_URL"])
+        bucket = root.url.split("/")[2]
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+        assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+                if "/versions/" in o["Key"]] == []
     with root.manager(cache=str(cache), read_only=True) as reader:  # read-your-writes across processes
         assert [(v.version, v.tiers) for v in reader.list()] == [(vid, ("cache",))]
         assert [v.version for v in reader.pending_uploads()] == [vid]
@@ -189,8 +199,9 @@ def test_kill_during_upload_loses_nothing(root: Backend, tmp_path: Path) -> None
     after = plain(root)
     assert [v.version for v in after.list()] == [vid] and after.verify().ok
     model = {k: torch.zeros_like(v) for k, v in tensors_for(7).items()}
-    after.restore(model=model)
+    ckpt = after.restore(model=model)
     same(model, tensors_for(7))
+    assert torch.equal(ckpt.state["big"], torch.randn(6 << 20, generator=torch.Generator().manual_seed(7)))
     root.manager().gc(older_than=0)
     assert [n for n in plain(root).storage.list_names("versions")] == [vid]
 
