@@ -26,9 +26,8 @@ from _writer import tensors_for
 from click.testing import CliRunner
 from conftest import Backend, make_bucket
 
-from torchckpt import CheckpointManager, RetentionPolicy, StorageError
+from torchckpt import CheckpointManager, RetentionPolicy, StorageError, UploadError
 from torchckpt.cli import cli
-from torchckpt.tiers import UploadError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 TESTS = str(Path(__file__).resolve().parent)

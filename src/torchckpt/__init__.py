@@ -14,6 +14,7 @@ from .errors import (
     ReadOnlyError,
     StorageError,
     UnsafeCheckpointError,
+    UploadError,
 )
 from .maintenance import VerifyReport
 from .manager import CheckpointManager
@@ -56,6 +57,7 @@ __all__ = [
     "StorageError",
     "ReadOnlyError",
     "AsyncSaveError",
+    "UploadError",
     "load_torchscript",
     "load_program",
     "__version__",

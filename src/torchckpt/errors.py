@@ -45,6 +45,10 @@ class AsyncSaveError(CheckpointError):
     """A background save failed; raised on the next save, wait() or close()."""
 
 
+class UploadError(AsyncSaveError):
+    """Versions committed in a cache tier could not be uploaded to the root; they stay in the cache."""
+
+
 class MissingObjectError(CheckpointError, KeyError):
     """restore() was given an object name that the version did not save."""
 
@@ -61,5 +65,6 @@ __all__ = [
     "StorageError",
     "ReadOnlyError",
     "AsyncSaveError",
+    "UploadError",
     "MissingObjectError",
 ]

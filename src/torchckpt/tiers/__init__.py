@@ -13,11 +13,12 @@ from typing import Any
 import torch
 
 from .. import manifest as mf
+from ..errors import UploadError
 from ..records import CheckpointInfo
 from ..retention import RetentionPolicy
 from ..storage import Storage
 from .cache import CACHE, ROOT, CacheTier
-from .uploader import Uploader, UploadError, failure, upload_one, upload_pending
+from .uploader import Uploader, failure, upload_one, upload_pending
 
 #: Why sharded saves do not take a cache (the long form is in docs/tiers.md).
 SHARDED_REFUSAL = (

@@ -20,16 +20,12 @@ from datetime import datetime, timezone
 
 from .. import manifest as mf
 from ..copying import Progress, copy_version
-from ..errors import AsyncSaveError, CheckpointError, StorageError
+from ..errors import CheckpointError, StorageError, UploadError
 from ..records import CheckpointInfo
 from ..retention import RetentionPolicy
 from .cache import ROOT, CacheTier
 
 log = logging.getLogger(__name__)
-
-
-class UploadError(AsyncSaveError):
-    """Versions committed in the cache could not be uploaded to the root; they stay in the cache."""
 
 
 def upload_one(tier: CacheTier, info: CheckpointInfo, retention: RetentionPolicy | None,
