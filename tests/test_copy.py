@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from torchckpt import CheckpointManager, ChecksumMismatchError, ReadOnlyError
-from torchckpt import transfer
+from torchckpt import copying
 from torchckpt.cli import cli
 from torchckpt.transfer import copy_versions, plan_copy
 
@@ -88,7 +88,7 @@ def test_skip_present_and_select_versions(tmp_path: Path, memory_backend: Any) -
 
 
 def test_streams_in_bounded_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(transfer, "CHUNK", 4096)
+    monkeypatch.setattr(copying, "CHUNK", 4096)
     src = CheckpointManager(tmp_path / "src")
     info = src.save(1, weights=torch.randn(64, 1024))  # 256 KiB
     chunks: list[int] = []

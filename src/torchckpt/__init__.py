@@ -15,6 +15,7 @@ from .errors import (
     SingleWriterWarning,
     StorageError,
     UnsafeCheckpointError,
+    UploadError,
 )
 from .maintenance import VerifyReport
 from .manager import CheckpointManager
@@ -87,6 +88,7 @@ __all__ = [
     "ReadOnlyError",
     "SingleWriterWarning",
     "AsyncSaveError",
+    "UploadError",
     "load_torchscript",
     "load_program",
     "__version__",

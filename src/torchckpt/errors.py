@@ -49,6 +49,10 @@ class NameConflictError(CheckpointError, ValueError):
     """A version name is already held by another listed version."""
 
 
+class UploadError(AsyncSaveError):
+    """Versions committed in a cache tier could not be uploaded to the root; they stay in the cache."""
+
+
 class MissingObjectError(CheckpointError, KeyError):
     """restore() was given an object name that the version did not save."""
 
@@ -70,6 +74,7 @@ __all__ = [
     "StorageError",
     "ReadOnlyError",
     "AsyncSaveError",
+    "UploadError",
     "MissingObjectError",
     "NameConflictError",
 ]

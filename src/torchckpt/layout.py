@@ -6,6 +6,7 @@
   versions/<version-id>/        one folder per version (VERSIONS, version_dir)
       meta.json                 the version's record, written last (META)
   exports/<version-id>/<name>   inference artifacts (EXPORTS, export_path)
+  tier.json, uploads/<id>       a cache tier only: its root, and which versions reached it (uploaded_marker)
 ```
 
 A folder version (``layout="files"``) records relative paths such as
@@ -31,6 +32,9 @@ META = "meta.json"
 EXPORTS = "exports"
 #: Prefix of a local disk's hidden staging folder (renamed into place at commit).
 STAGING_PREFIX = ".tmp-"
+#: In a cache tier only: which root it belongs to, and one marker per version uploaded there.
+TIER_BINDING = "tier.json"
+UPLOADS = "uploads"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,199}$")
@@ -201,3 +205,8 @@ def export_dir(version: str) -> str:
 def export_path(version: str, name: str) -> str:
     """``exports/<id>/<name>``, both checked."""
     return f"{export_dir(version)}/{check_file_name(name)}"
+
+
+def uploaded_marker(version: str) -> str:
+    """A cache tier's marker that ``version`` is committed and listed in its root."""
+    return f"{UPLOADS}/{check_version_id(version)}"

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import manifest as mf
-from .errors import NameConflictError
+from .errors import CheckpointNotFoundError, NameConflictError
 from .layout import META, export_dir, export_path, meta_path, version_dir, version_file
 from .records import CheckpointInfo, meta_bytes
 from .retention import RetentionPolicy
@@ -58,10 +58,37 @@ def commit_version(
     """
     writer.commit(META, meta if meta is not None else meta_bytes(info, meta_extra))
     try:
-        removed = list_version(storage, info, retention, replace_name=replace_name)
+        return list_committed(storage, info, retention, replace_name=replace_name)
     except NameConflictError:
         delete_data(storage, [info])  # committed but never listed: nobody else can be reading it
         raise
+
+
+def list_committed(
+    storage: Storage,
+    info: CheckpointInfo,
+    retention: RetentionPolicy | None,
+    *,
+    in_time_order: bool = False,
+    replace_name: bool = False,
+) -> list[CheckpointInfo]:
+    """List a version whose ``meta.json`` is written, apply retention, delete what retention dropped.
+
+    Args:
+        storage: the root.
+        info: the committed version's record.
+        retention: the policy applied in the same manifest update (None: keep all).
+        in_time_order: insert by ``created_at`` (copies, uploads) instead of appending.
+        replace_name: a listed version holding ``info.name`` is unlisted in the same update (else: an error).
+
+    Returns:
+        The versions retention (or ``replace_name``) removed.
+
+    Raises:
+        StorageError: the manifest update failed (the version is not listed).
+        NameConflictError: ``info.name`` is taken.
+    """
+    removed = list_version(storage, info, retention, in_time_order=in_time_order, replace_name=replace_name)
     if removed:
         # The version is committed: a failed delete must not make the save look failed
         # (the caller would retry and duplicate it); ``gc`` removes what is left.
@@ -162,6 +189,26 @@ def unlist(storage: Storage, choose: Callable[[list[CheckpointInfo]], list[Check
         delete_data(storage, removed)
         log.info("removed %d version(s) from %s", len(removed), storage.root_url)
     return removed
+
+
+def set_pinned(storage: Storage, version: str, pinned: bool) -> CheckpointInfo:
+    """Pin or unpin a listed version (one manifest update); returns its new record.
+
+    Raises:
+        CheckpointNotFoundError: the version is not listed (removed meanwhile).
+    """
+    result: list[CheckpointInfo] = []
+
+    def change(m: mf.Manifest) -> mf.Manifest:
+        info = m.find(version)
+        if info is None:
+            raise CheckpointNotFoundError(f"version {version} was removed meanwhile")
+        result.append(info.with_(pinned=pinned))
+        m.replace(result[-1])
+        return m
+
+    mf.update(storage, change)
+    return result[-1]
 
 
 def delete_data(storage: Storage, infos: list[CheckpointInfo]) -> None:

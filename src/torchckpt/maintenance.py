@@ -44,8 +44,17 @@ def verify_versions(storage: Storage, targets: list[CheckpointInfo]) -> VerifyRe
     Raises:
         StorageError: the backend failed (not: a file is missing or corrupt).
     """
+    return verify_copies([(storage, info) for info in targets])
+
+
+def verify_copies(targets: list[tuple[Storage, CheckpointInfo]]) -> VerifyReport:
+    """``verify_versions`` for versions that live in different roots (a cache tier's, a root's).
+
+    Raises:
+        StorageError: a backend failed (not: a file is missing or corrupt).
+    """
     report = VerifyReport()
-    for info in targets:
+    for storage, info in targets:
         report.checked.append(info.version)
         try:
             meta = mf.read_meta(storage, info.version)

@@ -26,22 +26,22 @@ from . import manifest as mf
 from .async_save import AsyncSaver
 from .errors import (
     CheckpointError,
-    CheckpointNotFoundError,
     ManifestError,
     ReadOnlyError,
 )
 from .formats import SAVE_FORMATS
 from .formats.devices import MapLocation
 from .formats.pickling import check_safe
-from .layout import check_names, check_version_name
+from .layout import check_version_name
 from .live_objects import capture
 from .maintenance import VerifyReport
 from .records import Checkpoint, CheckpointInfo
+from .restoring import Copies, load_whole_model, read_first, read_payload, restore_into
 from .retention import RetentionPolicy
-from .restoring import load_whole_model, read_payload, restore_into
-from .saving import PAYLOAD_VERSION, clean_metrics, pickle_module, write_version
-from .selectors import Selector, best, resolve
+from .saving import PAYLOAD_VERSION, check_save_args, clean_metrics, pickle_module, write_version
+from .selectors import Selector, best, resolve, restore_candidates
 from .storage import open_storage
+from .tiers import SHARDED_REFUSAL, Tiers
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class CheckpointManager:
         async_save: bool = False,
         read_only: bool = False,
         distributed: bool | None = None,
+        cache: str | os.PathLike[str] | None = None,
+        cache_keep_last: int = 2,
     ) -> None:
         """Open (and, unless read-only, create) a checkpoint root.
 
@@ -74,10 +76,13 @@ class CheckpointManager:
             async_save: ``save`` returns a future and writes in the background.
             read_only: every write raises ``ReadOnlyError`` (evaluators).
             distributed: True: every save is a collective sharded save; None: when the state is sharded.
+            cache: a local path (or fsspec URL) that saves commit to first; uploads to ``root`` run in the
+                background and reads prefer it (see docs/tiers.md). Not with sharded saves.
+            cache_keep_last: uploaded versions the cache keeps (besides those not uploaded yet).
 
         Raises:
-            StorageError: the root cannot be reached or used (missing bucket, a file in the way).
-            ValueError: an unknown format.
+            StorageError: the root or the cache cannot be reached or used (missing bucket, a file in the way).
+            ValueError: an unknown format; ``cache`` with ``distributed=True``.
             TypeError: ``retention`` is not a ``RetentionPolicy``.
         """
         if format not in SAVE_FORMATS:
@@ -94,6 +99,10 @@ class CheckpointManager:
         self.read_only = read_only
         self.distributed = distributed
         self._saver: AsyncSaver | None = None
+        if cache is not None and distributed:
+            raise ValueError(SHARDED_REFUSAL)
+        self._tiers = None if cache is None else Tiers(self.storage, cache, keep_last=cache_keep_last,
+                                                       retention=retention, read_only=read_only)
         log.debug("checkpoint manager on %s", self.storage.root_url)
 
     # ----- lifetime ------------------------------------------------------------------------------------
@@ -104,23 +113,33 @@ class CheckpointManager:
         self.close()
 
     def close(self) -> None:
-        """Wait for pending saves and release the worker.
+        """Wait for pending saves and uploads, and release the workers.
 
         Raises:
-            AsyncSaveError: a background save failed.
+            AsyncSaveError: a background save failed (``UploadError``: an upload to the root did).
         """
-        if self._saver is not None:
-            saver, self._saver = self._saver, None
-            saver.close()
+        try:
+            if self._saver is not None:
+                saver, self._saver = self._saver, None
+                saver.close()
+        finally:
+            if self._tiers is not None:
+                self._tiers.close()
 
     def wait(self) -> None:
-        """Block until every async save is committed.
+        """Block until every async save is committed and, with a cache, every pending version is uploaded.
 
         Raises:
-            AsyncSaveError: the first background failure since the last ``wait``.
+            AsyncSaveError: the first background failure since the last ``wait`` (``UploadError`` for uploads).
         """
         if self._saver is not None:
             self._saver.wait()
+        if self._tiers is not None:
+            self._tiers.wait()
+
+    def pending_uploads(self) -> list[CheckpointInfo]:
+        """Versions committed in the cache but not yet in the root, oldest first (empty without a cache)."""
+        return self._tiers.pending() if self._tiers is not None else []
 
     @property
     def root_url(self) -> str:
@@ -170,25 +189,21 @@ class CheckpointManager:
             AsyncSaveError: an earlier background save failed.
         """
         self.check_writable()
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
-        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
-            raise ValueError(f"epoch must be an int or None, got {epoch!r}")
-        if not objects:
-            raise ValueError("nothing to save: pass objects by name, e.g. save(step, model=net)")
-        if self.format == "safetensors":  # names become file names: refuse bad ones before any work
-            check_names(objects, "with format='safetensors' the object name")
-        if whole_model and "model" not in objects:
-            raise ValueError("whole_model=True needs the module passed as model=...")
+        check_save_args(step, epoch, objects, self.format, whole_model)
         args = dict(step=step, epoch=epoch, metrics=clean_metrics(metrics), tags=tuple(str(t) for t in tags))
         if name is not None:
             check_version_name(name)
+            if self._tiers is not None:
+                raise ValueError("name= is not supported with cache= (names are kept by the root's manifest)")
+            args.update(name=name, replace=replace)
         extra_clean = dict(extra or {})
         run_async = self.async_save if blocking is None else not blocking
         if self._may_shard():  # sharded state / distributed=True: every rank saves through DCP
             from . import distributed
 
             if distributed.wants_sharded(self.distributed, objects, extra_clean):
+                if self._tiers is not None:
+                    raise ValueError(SHARDED_REFUSAL)
                 if whole_model or name is not None:
                     raise ValueError("whole_model=True and name= are not supported for sharded (distributed) saves")
                 self.wait()
@@ -204,20 +219,22 @@ class CheckpointManager:
         payload = {"torchckpt": PAYLOAD_VERSION, "objects": states, "extra": extra_clean, "rng": rng.capture()}
         module = objects["model"] if whole_model else None
         if not run_async:
-            self.wait()
-            return write_version(self.storage, self.format, payload, module, self.retention, **args, name=name,
-                                 replace=replace)
+            if self._saver is not None:
+                self._saver.wait()
+            return self._write(payload, module, args)
         if self._saver is None:
             self._saver = AsyncSaver()
         self._saver.wait()  # one save in flight, and its staging buffers are about to be reused
         started = time.perf_counter()
         staged = self._saver.staging.snapshot(payload)  # one copy into reused (pinned for CUDA) buffers
         module_bytes = pickle_module(module) if module is not None else None
-        return self._saver.submit(
-            lambda: write_version(self.storage, self.format, staged, module_bytes, self.retention, **args, name=name,
-                                  replace=replace),
-            blocked_s=time.perf_counter() - started,
-        )
+        return self._saver.submit(lambda: self._write(staged, module_bytes, args),
+                                  blocked_s=time.perf_counter() - started)
+
+    def _write(self, payload: dict[str, Any], module: Any, args: dict[str, Any]) -> CheckpointInfo:
+        if self._tiers is not None:  # commit to the cache; the upload runs in the background
+            return self._tiers.save(self.format, payload, module, **args)
+        return write_version(self.storage, self.format, payload, module, self.retention, **args)
 
     def save_files(
         self, step: int, local_dir: str | os.PathLike[str], *, epoch: int | None = None,
@@ -267,10 +284,12 @@ class CheckpointManager:
     def list(self) -> list[CheckpointInfo]:
         """Committed versions, oldest first (one manifest read).
 
+        With a cache: the root's versions plus committed cache versions not yet uploaded (``info.tiers``).
+
         Raises:
             ManifestError: the manifest is corrupt (run ``torchckpt repair``).
         """
-        return mf.read(self.storage).versions
+        return self._tiers.list_versions() if self._tiers is not None else mf.read(self.storage).versions
 
     def latest(self) -> CheckpointInfo | None:
         """The most recently committed version, or None on an empty root."""
@@ -332,9 +351,13 @@ class CheckpointManager:
             ChecksumMismatchError: a file is corrupt or missing.
             UnsafeCheckpointError: loading would need arbitrary pickle.
         """
-        payload = read_payload(self.storage, self.resolve(version), map_location=map_location, verify=verify,
-                               trust_pickle=trust_pickle, is_listed=self._is_listed)
+        payload = read_first(self._copies(self.resolve(version)), lambda s, i: read_payload(
+            s, i, map_location=map_location, verify=verify, trust_pickle=trust_pickle, is_listed=self._is_listed))
         return payload["objects"]
+
+    def _copies(self, info: CheckpointInfo) -> Copies:
+        """Where to read a version from: the cache first (when it holds it), then the root."""
+        return self._tiers.copies(info) if self._tiers is not None else [(self.storage, info)]
 
     def restore(
         self,
@@ -376,19 +399,11 @@ class CheckpointManager:
                 raise
             warnings.warn(f"{exc}; falling back to the versions' meta.json files", stacklevel=2)
             versions = mf.scan(self.storage).versions
-        try:
-            chosen = self.resolve(version, versions)
-        except CheckpointNotFoundError:
-            if not (fallback and version == "latest" and versions):
-                raise
-            chosen = versions[-1]
-        candidates = [chosen]
-        if fallback:
-            idx = next(i for i, v in enumerate(versions) if v.version == chosen.version)
-            candidates += list(reversed(versions[:idx]))
+        candidates = restore_candidates(versions, version, fallback=fallback, root_url=self.root_url,
+                                        retention=self.retention)
         return restore_into(
             self.storage, candidates, objects, map_location=map_location, strict=strict, restore_rng=restore_rng,
-            fallback=fallback, verify=verify, trust_pickle=trust_pickle, is_listed=self._is_listed,
+            fallback=fallback, verify=verify, trust_pickle=trust_pickle, is_listed=self._is_listed, copies=self._copies,
             collective=self.distributed is not False and torch.distributed.is_available()
             and torch.distributed.is_initialized(),
         )
@@ -403,30 +418,23 @@ class CheckpointManager:
             UnsafeCheckpointError: without ``trust_pickle=True`` (pickled modules run code on load).
             CheckpointError: the version was not saved with ``whole_model=True``.
         """
-        return load_whole_model(self.storage, self.resolve(version), map_location=map_location,
-                                trust_pickle=trust_pickle, verify=verify)
+        return read_first(self._copies(self.resolve(version)), lambda s, i: load_whole_model(
+            s, i, map_location=map_location, trust_pickle=trust_pickle, verify=verify))
 
     # ----- managing versions ------------------------------------------------------------------------------------
-    def check_writable(self) -> None:
-        """Raise ``ReadOnlyError`` on a read-only manager."""
+    def check_writable(self, *, settle: bool = False) -> None:
+        """Raise ``ReadOnlyError`` on a read-only manager; ``settle``: first upload what the cache holds.
+
+        Changes to listed versions (pin, delete, export) act on the root, so a version must be there first.
+        """
         if self.read_only:
             raise ReadOnlyError(f"manager on {self.root_url} is read-only; open it with read_only=False to write")
+        if settle and self._tiers is not None:
+            self._tiers.wait()
 
     def _set_pinned(self, version: Selector, pinned: bool) -> CheckpointInfo:
-        self.check_writable()
-        target = self.resolve(version).version
-        result: list[CheckpointInfo] = []
-
-        def change(m: mf.Manifest) -> mf.Manifest:
-            info = m.find(target)
-            if info is None:
-                raise CheckpointNotFoundError(f"version {target} was removed meanwhile")
-            result.append(info.with_(pinned=pinned))
-            m.replace(result[-1])
-            return m
-
-        mf.update(self.storage, change)
-        return result[-1]
+        self.check_writable(settle=True)
+        return lifecycle.set_pinned(self.storage, self.resolve(version).version, pinned)
 
     def pin(self, version: Selector) -> CheckpointInfo:
         """Protect a version from every prune; returns its updated record."""
@@ -442,7 +450,7 @@ class CheckpointManager:
         Raises:
             CheckpointError: the version is pinned (unpin it first).
         """
-        self.check_writable()
+        self.check_writable(settle=True)
         info = self.resolve(version)
         if info.pinned:
             raise CheckpointError(f"version {info.version} is pinned; unpin it first")
@@ -460,13 +468,14 @@ class CheckpointManager:
             self.check_writable()  # even with no policy: every write of a read-only manager raises
         if policy is None:
             return []
-        if dry_run:
-            return policy.to_remove(self.list())
+        if dry_run:  # the root's versions: a cache's pending ones are not the root's to prune yet
+            return policy.to_remove(mf.read(self.storage).versions)
         return lifecycle.unlist(self.storage, policy.to_remove)
 
     def verify(self, version: Selector | None = None) -> VerifyReport:
-        """Check sizes and checksums of one version or of all; never raises for bad data."""
-        return maintenance.verify_versions(self.storage, self.list() if version is None else [self.resolve(version)])
+        """Check sizes and checksums of one version or of all (with a cache: the root's copy, else the cache's)."""
+        infos = self.list() if version is None else [self.resolve(version)]
+        return maintenance.verify_copies([self._copies(info)[-1] for info in infos])
 
     def gc(self, older_than: timedelta | float = timedelta(hours=1)) -> list[str]:
         """Remove uncommitted leftovers older than the grace period; returns what was removed."""
@@ -485,7 +494,7 @@ class CheckpointManager:
         Returns:
             The artifact's URL.
         """
-        self.check_writable()
+        self.check_writable(settle=True)
         from .export import export_torchscript
 
         return export_torchscript(self, model, version, **kwargs)
@@ -498,7 +507,7 @@ class CheckpointManager:
         Returns:
             The artifact's URL.
         """
-        self.check_writable()
+        self.check_writable(settle=True)
         from .export import export_program
 
         return export_program(self, model, example_inputs, version, **kwargs)

@@ -42,6 +42,8 @@ class CheckpointInfo:
     exports: dict[str, dict[str, Any]] = field(default_factory=dict, hash=False, repr=False)
     layout: str = "single"
     name: str | None = None
+    #: Where the version is now: ``"cache"`` and/or ``"root"`` (computed when listed; never stored).
+    tiers: tuple[str, ...] = field(default=("root",), compare=False)
 
     def to_record(self, *, with_index_fields: bool = True) -> dict[str, Any]:
         """JSON form; meta.json leaves out ``pinned``/``exports``/``url`` (they change)."""

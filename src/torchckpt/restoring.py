@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -34,6 +34,38 @@ log = logging.getLogger(__name__)
 
 #: Failures that mean "this version's data is unusable" (for ``fallback``).
 DATA_ERRORS = (CheckpointError, FileNotFoundError, RuntimeError, EOFError, ValueError, OSError)
+T = TypeVar("T")
+#: The copies of one version to read, best first: ``(storage, record there)`` (a cache tier's, then the root's).
+Copies = list[tuple[Storage, CheckpointInfo]]
+
+
+def read_first(copies: Copies, read: Callable[[Storage, CheckpointInfo], T]) -> T:
+    """``read`` the first usable copy of one version; warn for each unusable one before the last.
+
+    Args:
+        copies: where the version is, best first (one entry without a cache tier).
+        read: reads one copy.
+
+    Returns:
+        What ``read`` returned for the first copy that read cleanly.
+
+    Raises:
+        UnsafeCheckpointError: from any copy (never a reason to try another).
+        CheckpointError: the last copy failed too (its error).
+    """
+    for i, (storage, info) in enumerate(copies):
+        try:
+            return read(storage, info)
+        except (UnsafeCheckpointError, MissingObjectError):
+            raise
+        except DATA_ERRORS as exc:
+            if i == len(copies) - 1:
+                raise
+            nxt = copies[i + 1][0].root_url
+            warnings.warn(f"the copy of {info.version} in {storage.root_url} is unusable ({exc}); reading it from "
+                          f"{nxt}", stacklevel=3)
+            log.warning("copy of %s in %s unusable (%s); reading it from %s", info.version, storage.root_url, exc, nxt)
+    raise CheckpointNotFoundError("no copy to read")  # only for an empty list
 
 
 def read_payload(
@@ -87,6 +119,7 @@ def restore_into(
     trust_pickle: bool,
     collective: bool,
     is_listed: Callable[[str], bool],
+    copies: Callable[[CheckpointInfo], Copies] | None = None,
 ) -> Checkpoint:
     """Restore the first usable candidate into ``objects`` in place.
 
@@ -102,6 +135,7 @@ def restore_into(
         trust_pickle: allow arbitrary pickle.
         collective: sharded versions are restored by every rank of the process group.
         is_listed: see ``read_payload``.
+        copies: where each candidate can be read from, best first (default: ``storage`` only).
 
     Returns:
         The restored checkpoint.
@@ -121,8 +155,8 @@ def restore_into(
                 )
                 log.info("restored sharded %s from %s", info.version, storage.root_url)
                 return ckpt
-            payload = read_payload(storage, info, map_location=map_location, verify=verify,
-                                   trust_pickle=trust_pickle, is_listed=is_listed)
+            payload = read_first(copies(info) if copies else [(storage, info)], lambda s, i: read_payload(
+                s, i, map_location=map_location, verify=verify, trust_pickle=trust_pickle, is_listed=is_listed))
             break
         except (UnsafeCheckpointError, MissingObjectError):
             raise

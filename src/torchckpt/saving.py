@@ -20,7 +20,7 @@ from .errors import CheckpointError, StorageError
 from .formats import get_format
 from .formats.pickling import MODULE_FILE, save_pickled
 from .hashing import checksum_bytes
-from .layout import new_version_id, version_dir
+from .layout import check_names, new_version_id, version_dir
 from .lifecycle import commit_version
 from .records import CheckpointInfo, new_version_info
 from .retention import RetentionPolicy
@@ -95,6 +95,24 @@ def write_version(
     log.info("saved %s (%.1f MB) to %s in %.2fs%s", vid, info.size_bytes / 1e6, storage.root_url,
              time.perf_counter() - started, f", removed {len(removed)}" if removed else "")
     return info
+
+
+def check_save_args(step: Any, epoch: Any, objects: Mapping[str, Any], format: str, whole_model: bool) -> None:
+    """Refuse bad ``save`` arguments before any work.
+
+    Raises:
+        ValueError: a bad step or epoch, nothing to save, a bad object name, ``whole_model`` without ``model``.
+    """
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"step must be a non-negative int, got {step!r}")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+        raise ValueError(f"epoch must be an int or None, got {epoch!r}")
+    if not objects:
+        raise ValueError("nothing to save: pass objects by name, e.g. save(step, model=net)")
+    if format == "safetensors":  # names become file names: refuse bad ones before any work
+        check_names(objects, "with format='safetensors' the object name")
+    if whole_model and "model" not in objects:
+        raise ValueError("whole_model=True needs the module passed as model=...")
 
 
 def clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float | None]:

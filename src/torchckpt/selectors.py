@@ -102,3 +102,26 @@ def not_found_message(version: Any, versions: list[CheckpointInfo], root: str) -
     shown = ", ".join(f"{v.version} (step {v.step})" for v in versions[-5:])
     more = f" and {len(versions) - 5} older" if len(versions) > 5 else ""
     return f"no version {version!r} in {root}; it has {shown}{more}"
+
+
+def restore_candidates(
+    versions: list[CheckpointInfo], version: Selector, *, fallback: bool, root_url: str,
+    retention: RetentionPolicy | None = None,
+) -> list[CheckpointInfo]:
+    """What a restore tries, in order: the selected version, then (with ``fallback``) the older ones, newest first.
+
+    With ``fallback``, ``"latest"`` that resolves to nothing still tries the newest listed version.
+
+    Raises:
+        CheckpointNotFoundError: nothing matches.
+    """
+    try:
+        chosen = resolve(versions, version, root_url=root_url, retention=retention)
+    except CheckpointNotFoundError:
+        if not (fallback and version == "latest" and versions):
+            raise
+        chosen = versions[-1]
+    if not fallback:
+        return [chosen]
+    idx = next(i for i, v in enumerate(versions) if v.version == chosen.version)
+    return [chosen, *reversed(versions[:idx])]

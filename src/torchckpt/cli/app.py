@@ -69,9 +69,10 @@ def best_options(fn: F) -> F:
     return click.option("--metric", metavar="NAME", help="Metric that defines 'best'.")(fn)  # type: ignore[return-value]
 
 
-def open_manager(root: str, opts: Opts, *, write: bool = False, create: bool = False) -> CheckpointManager:
-    """A manager on ROOT; never creates a missing root unless ``create`` (a typo must not make folders)."""
-    mgr = CheckpointManager(root, storage_options=opts.storage_options or None, read_only=not create)
+def open_manager(root: str, opts: Opts, *, write: bool = False, create: bool = False,
+                 cache: str | None = None) -> CheckpointManager:
+    """A manager on ROOT (with ``cache``: both tiers, no uploads); never creates a missing root unless ``create``."""
+    mgr = CheckpointManager(root, storage_options=opts.storage_options or None, read_only=not create, cache=cache)
     mgr.read_only = not (write or create)  # checked the root without creating it; now allow writes
     return mgr
 

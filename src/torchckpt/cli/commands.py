@@ -1,4 +1,4 @@
-"""The commands: list, show, prune, delete, pin, unpin, verify, gc, repair, copy, demo."""
+"""The commands: list, show, prune, delete, pin, unpin, verify, gc, repair, copy, sync, demo."""
 
 from __future__ import annotations
 
@@ -16,15 +16,21 @@ from .app import EXIT_FAILED, Opts, best_options, cli, common, open_manager, res
 from .output import Progress, created, emit_json, fmt_metric, human_size, record, table
 from .parsing import DURATION
 
+CACHE_OPTION = click.option("--cache", metavar="DIR", help="The local cache tier in front of ROOT (see docs/tiers.md).")
+
 
 # ----- list / show --------------------------------------------------------------------------------------
 @cli.command("list")
 @click.argument("root")
+@CACHE_OPTION
 @best_options
 @common
-def list_cmd(root: str, metric: str | None, mode: str, opts: Opts) -> None:
-    """Table of versions, oldest first; marks the latest and (with --metric) the best."""
-    mgr = open_manager(root, opts)
+def list_cmd(root: str, cache: str | None, metric: str | None, mode: str, opts: Opts) -> None:
+    """Table of versions, oldest first; marks the latest and (with --metric) the best.
+
+    With --cache: also versions committed in the cache but not uploaded yet, and where each version is.
+    """
+    mgr = open_manager(root, opts, cache=cache)
     versions = mgr.list()
     latest = versions[-1].version if versions else None
     best = best_of(versions, metric, mode) if metric else None  # ranks the listing already read
@@ -49,12 +55,15 @@ def list_cmd(root: str, metric: str | None, mode: str, opts: Opts) -> None:
             v.version if v.name is None else f"{v.version} ({v.name})", str(v.step),
             "" if v.epoch is None else str(v.epoch), created(v), human_size(v.size_bytes),
             " ".join(f"{k}={fmt_metric(x)}" for k, x in v.metrics.items()), ",".join(v.tags),
-            "yes" if v.pinned else "", ",".join(v.exports), ", ".join(marks),
+            "yes" if v.pinned else "", ",".join(v.exports), *([",".join(v.tiers)] if cache else []), ", ".join(marks),
         ])
-    headers = ["ID", "STEP", "EPOCH", "CREATED", "SIZE", "METRICS", "TAGS", "PINNED", "EXPORTS", ""]
+    headers = ["ID", "STEP", "EPOCH", "CREATED", "SIZE", "METRICS", "TAGS", "PINNED", "EXPORTS",
+               *(["TIERS"] if cache else []), ""]
     click.echo(table(headers, rows))
     total = sum(v.size_bytes for v in versions)
-    click.echo(f"{len(versions)} version(s), {human_size(total)} in {mgr.root_url}")
+    pending = sum("root" not in v.tiers for v in versions)
+    click.echo(f"{len(versions)} version(s), {human_size(total)} in {mgr.root_url}"
+               + (f"; {pending} not uploaded yet from {cache}" if cache else ""))
 
 
 @cli.command()
@@ -313,6 +322,37 @@ def _flatten(options: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, A
             yield from _flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+# ----- sync ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("root")
+@click.option("--cache", metavar="DIR", required=True, help="The local cache tier whose pending versions to upload.")
+@click.option("--cache-keep-last", type=click.IntRange(0), default=2, show_default=True, metavar="N",
+              help="Uploaded versions the cache keeps afterwards.")
+@common
+def sync(root: str, cache: str, cache_keep_last: int, opts: Opts) -> None:
+    """Upload the versions committed in the cache DIR but not yet in ROOT (what a crashed run left behind).
+
+    The same upload pass as a manager's background uploader: each version is verified,
+    committed with ROOT's protocol and listed; exit 1 if any upload failed (they stay in the cache).
+    """
+    from ..copying import copy_size
+    from ..tiers import Tiers, failure, upload_pending
+
+    mgr = open_manager(root, opts, create=True)
+    open_manager(root, opts, cache=cache)  # a missing cache is an error, not a new empty folder
+    tiers = Tiers(mgr.storage, cache, keep_last=cache_keep_last, retention=None, read_only=False, background=False)
+    with Progress(sum(copy_size(v) for v in tiers.pending()), quiet=opts.quiet or opts.json) as bar:
+        uploaded, failed = upload_pending(tiers.tier, None, progress=bar)
+    for v in uploaded:
+        opts.say(f"uploaded {v.version} (step {v.step}, {human_size(v.size_bytes)})")
+    if failed:
+        raise failure(tiers.tier, failed)
+    if opts.json:
+        emit_json({"root": mgr.root_url, "cache": tiers.cache_url, "uploaded": [record(v) for v in uploaded]})
+        return
+    opts.say(f"uploaded {len(uploaded)} version(s) from {tiers.cache_url} to {mgr.root_url}")
 
 
 # ----- demo ---------------------------------------------------------------------------------------------

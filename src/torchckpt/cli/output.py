@@ -28,6 +28,7 @@ def record(info: CheckpointInfo) -> dict[str, Any]:
     """The JSON form of a version for ``--json`` (the manifest record plus its URL)."""
     rec = info.to_record()
     rec["url"] = info.url
+    rec["tiers"] = list(info.tiers)
     return rec
 
 
