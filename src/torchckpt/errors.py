@@ -52,6 +52,10 @@ class MissingObjectError(CheckpointError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class NoMatchingKeysError(CheckpointError):
+    """A module restore would have loaded none of the module's keys (even with strict=False)."""
+
+
 __all__ = [
     "CheckpointError",
     "CheckpointNotFoundError",
@@ -62,4 +66,5 @@ __all__ = [
     "ReadOnlyError",
     "AsyncSaveError",
     "MissingObjectError",
+    "NoMatchingKeysError",
 ]

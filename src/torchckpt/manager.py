@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal, overload
 
 import fsspec
 import torch
@@ -41,6 +42,9 @@ from .restoring import load_whole_model, read_payload, restore_into
 from .saving import PAYLOAD_VERSION, clean_metrics, pickle_module, write_version
 from .selectors import Selector, best, resolve
 from .storage import open_storage
+from .training.ranks import skips_replicated_write
+from .training.schedule import SaveSchedule
+from .training.wrapped import KeyMap
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,9 @@ class CheckpointManager:
         async_save: bool = False,
         read_only: bool = False,
         distributed: bool | None = None,
+        save_every_steps: int | None = None,
+        save_every_seconds: float | None = None,
+        preemption_signals: Iterable[int | signal.Signals] = (),
     ) -> None:
         """Open (and, unless read-only, create) a checkpoint root.
 
@@ -72,12 +79,17 @@ class CheckpointManager:
             format: ``"torch"`` (one ``state.pt``) or ``"safetensors"``.
             async_save: ``save`` returns a future and writes in the background.
             read_only: every write raises ``ReadOnlyError`` (evaluators).
-            distributed: True: every save is a collective sharded save; None: when the state is sharded.
+            distributed: True: every save is a collective sharded save; None: when the state is sharded,
+                and replicated state in a process group is written by rank 0 only; False: every process writes.
+            save_every_steps: ``should_save`` is True at positive multiples of this step.
+            save_every_seconds: ``should_save`` is True when this many seconds passed since the last commit.
+            preemption_signals: install flag-only handlers (main thread); ``should_save`` is True after one.
 
         Raises:
             StorageError: the root cannot be reached or used (missing bucket, a file in the way).
-            ValueError: an unknown format.
+            ValueError: an unknown format, a schedule rule that is not positive.
             TypeError: ``retention`` is not a ``RetentionPolicy``.
+            CheckpointError: ``preemption_signals`` given outside the main thread.
         """
         if format not in SAVE_FORMATS:
             raise ValueError(f"format must be 'torch' or 'safetensors', got {format!r}")
@@ -91,6 +103,7 @@ class CheckpointManager:
         self.read_only = read_only
         self.distributed = distributed
         self._saver: AsyncSaver | None = None
+        self.schedule = SaveSchedule(save_every_steps, save_every_seconds, preemption_signals=preemption_signals)
         log.debug("checkpoint manager on %s", self.storage.root_url)
 
     # ----- lifetime ------------------------------------------------------------------------------------
@@ -101,11 +114,12 @@ class CheckpointManager:
         self.close()
 
     def close(self) -> None:
-        """Wait for pending saves and release the worker.
+        """Wait for pending saves, release the worker and put back the signal handlers it replaced.
 
         Raises:
             AsyncSaveError: a background save failed.
         """
+        self.schedule.close()
         if self._saver is not None:
             saver, self._saver = self._saver, None
             saver.close()
@@ -139,7 +153,7 @@ class CheckpointManager:
         blocking: bool | None = None,
         whole_model: bool = False,
         **objects: Any,
-    ) -> CheckpointInfo | Future[CheckpointInfo]:
+    ) -> CheckpointInfo | Future[CheckpointInfo] | None:
         """Save a new version of ``objects`` (by name), with RNG states.
 
         Args:
@@ -153,7 +167,8 @@ class CheckpointManager:
             **objects: name -> object with ``state_dict()``, a tensor, or a dict of tensors.
 
         Returns:
-            The committed version's ``CheckpointInfo``, or a ``Future`` of it when async.
+            The committed version's ``CheckpointInfo``, or a ``Future`` of it when async; None on ranks
+            other than 0 of a process group saving replicated state (rank 0 writes, nobody waits).
 
         Raises:
             ReadOnlyError: the manager is read-only.
@@ -176,6 +191,7 @@ class CheckpointManager:
         args = dict(step=step, epoch=epoch, metrics=clean_metrics(metrics), tags=tuple(str(t) for t in tags))
         extra_clean = dict(extra or {})
         run_async = self.async_save if blocking is None else not blocking
+        self.schedule.save_started(step)
         if self._may_shard():  # sharded state / distributed=True: every rank saves through DCP
             from . import distributed
 
@@ -189,6 +205,9 @@ class CheckpointManager:
                     done.set_result(info)
                     return done
                 return info
+            if skips_replicated_write(self.distributed):  # replicated state: rank 0 writes it
+                self.schedule.save_committed()
+                return None
         check_safe(extra_clean, "extra")
         states = {name: capture(name, obj) for name, obj in objects.items()}
         check_safe(states, "state")
@@ -196,17 +215,42 @@ class CheckpointManager:
         module = objects["model"] if whole_model else None
         if not run_async:
             self.wait()
-            return write_version(self.storage, self.format, payload, module, self.retention, **args)
+            info = write_version(self.storage, self.format, payload, module, self.retention, **args)
+            self.schedule.save_committed()
+            return info
         if self._saver is None:
             self._saver = AsyncSaver()
         self._saver.wait()  # one save in flight, and its staging buffers are about to be reused
         started = time.perf_counter()
         staged = self._saver.staging.snapshot(payload)  # one copy into reused (pinned for CUDA) buffers
         module_bytes = pickle_module(module) if module is not None else None
-        return self._saver.submit(
+        future = self._saver.submit(
             lambda: write_version(self.storage, self.format, staged, module_bytes, self.retention, **args),
             blocked_s=time.perf_counter() - started,
         )
+        future.add_done_callback(lambda _: self.schedule.save_committed())
+        return future
+
+    def should_save(self, step: int) -> bool:
+        """Whether to save at ``step`` by the manager's schedule; every rank gets the same answer.
+
+        Call it on every rank at every step (with a time or signal rule it is a collective).
+        See ``training.SaveSchedule.should_save``.
+        """
+        return self.schedule.should_save(step)
+
+    def maybe_save(self, step: int, **save_args: Any) -> CheckpointInfo | Future[CheckpointInfo] | None:
+        """``save(step, **save_args)`` when ``should_save(step)``, else None (call it on every rank).
+
+        Returns:
+            What ``save`` returns, or None when no save was due.
+        """
+        return self.save(step, **save_args) if self.should_save(step) else None
+
+    @property
+    def preempted(self) -> bool:
+        """True from the ``should_save`` that saw a preemption signal (on any rank) on: stop after that save."""
+        return self.schedule.preempted
 
     def _may_shard(self) -> bool:
         """Cheap pre-check, so single-process users never pay DCP's ~0.7 s import."""
@@ -287,6 +331,11 @@ class CheckpointManager:
                                trust_pickle=trust_pickle, is_listed=self._is_listed)
         return payload["objects"]
 
+    @overload
+    def restore(self, version: Selector = ..., *, missing_ok: Literal[False] = ..., **kwargs: Any) -> Checkpoint: ...
+    @overload
+    def restore(self, version: Selector = ..., *, missing_ok: bool, **kwargs: Any) -> Checkpoint | None: ...
+
     def restore(
         self,
         version: Selector = "latest",
@@ -297,8 +346,10 @@ class CheckpointManager:
         fallback: bool = False,
         verify: bool = True,
         trust_pickle: bool = False,
+        missing_ok: bool = False,
+        key_map: KeyMap | None = None,
         **objects: Any,
-    ) -> Checkpoint:
+    ) -> Checkpoint | None:
         """Load a version's state into ``objects`` in place (by name).
 
         Args:
@@ -309,16 +360,21 @@ class CheckpointManager:
             fallback: when the version is corrupt or incomplete, warn and restore the newest older one that is not.
             verify: check sizes and checksums first.
             trust_pickle: allow arbitrary pickle.
-            **objects: name -> live object to load into; saved names not given stay in ``.state``.
+            missing_ok: on a root without versions, return None and load nothing (autoresume).
+            key_map: ``fn(saved_key) -> new key | None (drop)`` for module state, applied before loading.
+            **objects: name -> live object to load into (modules wrapped or not); saved names not given
+                stay in ``.state``.
 
         Returns:
-            A ``Checkpoint`` (``.info .step .epoch .metrics .extra .state``).
+            A ``Checkpoint`` (``.info .step .epoch .metrics .extra .state .missing_keys .unexpected_keys``),
+            or None with ``missing_ok`` on an empty root.
 
         Raises:
             CheckpointNotFoundError: no such version (or, with ``fallback``, none usable).
             MissingObjectError: a name was given that the version did not save.
             ChecksumMismatchError: the version is corrupt (without ``fallback``).
             UnsafeCheckpointError: loading would need arbitrary pickle.
+            NoMatchingKeysError: a module would load none of its keys (``strict=False``).
         """
         try:
             versions = self.list()
@@ -327,6 +383,8 @@ class CheckpointManager:
                 raise
             warnings.warn(f"{exc}; falling back to the versions' meta.json files", stacklevel=2)
             versions = mf.scan(self.storage).versions
+        if missing_ok and not versions:
+            return None
         try:
             chosen = self.resolve(version, versions)
         except CheckpointNotFoundError:
@@ -339,7 +397,7 @@ class CheckpointManager:
             candidates += list(reversed(versions[:idx]))
         return restore_into(
             self.storage, candidates, objects, map_location=map_location, strict=strict, restore_rng=restore_rng,
-            fallback=fallback, verify=verify, trust_pickle=trust_pickle, is_listed=self._is_listed,
+            fallback=fallback, verify=verify, trust_pickle=trust_pickle, is_listed=self._is_listed, key_map=key_map,
             collective=self.distributed is not False and torch.distributed.is_available()
             and torch.distributed.is_initialized(),
         )
