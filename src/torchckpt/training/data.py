@@ -101,7 +101,9 @@ class ResumableSampler(Sampler[int]):
 
         Each batch counts as consumed when it is handed to the loop, so a save after the
         step that used it resumes at the next one. When the epoch is done, ``epoch`` goes up
-        by one and ``position`` back to 0.
+        by one and ``position`` back to 0. Starting the loader's iterator draws its worker seed
+        from the global RNG: that draw is undone (``torch.random.fork_rng``), so a resumed run's
+        dropout and other global randomness follow the same stream as an uninterrupted one.
 
         Args:
             loader: a ``DataLoader`` built with ``sampler=`` this sampler and a ``batch_size``.
@@ -118,13 +120,14 @@ class ResumableSampler(Sampler[int]):
         if not isinstance(batch_size, int):
             raise ValueError("sampler.batches(loader) needs a DataLoader with an int batch_size")
         self._tracking, self._untracked = True, False
-        try:
-            iterator = iter(loader)  # workers may start prefetching here: they read indices, not the count
+        try:  # the sampler is iterated lazily (at the first batch, or by prefetching workers) inside this
+            with torch.random.fork_rng(devices=[]):  # starting an iterator draws a seed from the global RNG:
+                iterator = iter(loader)  # keep the loop's random stream independent of where an epoch resumed
+            for batch in iterator:
+                self.position = min(self.position + batch_size, self.share_size())
+                yield batch
         finally:
             self._tracking = False
-        for batch in iterator:
-            self.position = min(self.position + batch_size, self.share_size())
-            yield batch
         self.epoch += 1
         self.position = 0
 
