@@ -90,7 +90,7 @@ def _assert_same_state(a: dict[str, Any], b: dict[str, Any], path: str = "") -> 
         assert a.dtype == b.dtype and torch.equal(a, b), path
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _assert_same_state(x, y, f"{path}/{i}")
     else:
         assert a == b, path

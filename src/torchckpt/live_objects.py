@@ -52,32 +52,47 @@ def capture(name: str, obj: Any) -> Any:
     )
 
 
-def load_into(name: str, obj: Any, state: Any, strict: bool, key_map: KeyMap | None = None) -> KeyReport | None:
+def match_module_state(
+    name: str, module: torch.nn.Module, state: Any, strict: bool, key_map: KeyMap | None = None
+) -> tuple[Any, KeyReport]:
+    """A saved module state renamed for ``module`` (wrapped or not), and how its keys matched.
+
+    Args:
+        name: the object's name (for messages).
+        module: the live module (DDP / DataParallel / compiled wrappers are looked through).
+        state: what was saved for it.
+        strict: with strict, ``load_state_dict`` reports differences itself.
+        key_map: ``fn(saved_key) -> new key | None (drop)`` applied first.
+
+    Returns:
+        The state to pass to ``load_into`` and the missing / unexpected keys.
+
+    Raises:
+        NoMatchingKeysError: not strict, and none of the module's keys would be loaded.
+    """
+    target_keys = list(unwrap(module).state_dict(keep_vars=True))
+    state = match_keys(state, target_keys, key_map)
+    return state, check_keys(name, state, target_keys, strict)
+
+
+def load_into(name: str, obj: Any, state: Any, strict: bool) -> None:
     """Put ``state`` into the live object ``obj`` in place.
 
     Args:
         name: the object's name (for messages).
-        obj: a module (wrapped or not), optimizer, scheduler, anything with ``load_state_dict``,
-            a ``torch.Generator``, a tensor or a dict.
+        obj: a module (wrapped or not; keys as ``match_module_state`` returns them), optimizer,
+            scheduler, anything with ``load_state_dict``, a ``torch.Generator``, a tensor or a dict.
         state: what was saved for it.
         strict: modules: every key must match; dicts: the same keys.
-        key_map: modules: ``fn(saved_key) -> new key | None (drop)`` applied before loading.
-
-    Returns:
-        For modules, the missing and unexpected keys (empty under ``strict``); None otherwise.
 
     Raises:
         CheckpointError: a dict's keys differ under ``strict``.
-        NoMatchingKeysError: a module would load none of its keys (``strict=False``).
         TypeError: ``obj`` cannot be restored into.
     """
     if isinstance(obj, torch.nn.Module):
         module = unwrap(obj)
-        target_keys = list(module.state_dict(keep_vars=True))
-        state = match_keys(state, target_keys, key_map)
-        report = check_keys(name, state, target_keys, strict)
         module.load_state_dict(prefill_module(module, state), strict=strict)
-        return report
+        return
     if isinstance(obj, torch.Generator):
         obj.set_state(state.cpu())
     elif hasattr(obj, "load_state_dict"):
@@ -97,4 +112,3 @@ def load_into(name: str, obj: Any, state: Any, strict: bool, key_map: KeyMap | N
     else:
         refuse_plain_loader(name, obj, "restore into")
         raise TypeError(f"cannot restore into {name}={type(obj).__name__}: expected state_dict owner, tensor or dict")
-    return None

@@ -26,7 +26,7 @@ from .formats import format_of
 from .formats.devices import MapLocation
 from .formats.pickling import MODULE_FILE, load_from
 from .layout import version_file
-from .live_objects import load_into
+from .live_objects import load_into, match_module_state
 from .records import Checkpoint, CheckpointInfo
 from .storage import Storage
 from .training.wrapped import KeyMap
@@ -146,10 +146,13 @@ def restore_into(
             f"version {info.version} has no {', '.join(missing)}; it saved: {', '.join(states) or 'nothing'}"
         )
     ckpt = Checkpoint(info=info, state=states, extra=payload.get("extra", {}))
-    for name, obj in objects.items():
-        report = load_into(name, obj, states[name], strict, key_map)
-        if report is not None:
+    to_load = dict(states)
+    for name, obj in objects.items():  # match every module's keys before loading anything
+        if isinstance(obj, torch.nn.Module):
+            to_load[name], report = match_module_state(name, obj, states[name], strict, key_map)
             ckpt.missing_keys[name], ckpt.unexpected_keys[name] = report.missing, report.unexpected
+    for name, obj in objects.items():
+        load_into(name, obj, to_load[name], strict)
     if restore_rng and payload.get("rng"):
         rng.restore(payload["rng"])
     log.info("restored %s from %s", info.version, storage.root_url)
