@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchckpt import CheckpointError, CheckpointInfo, CheckpointManager
-from torchckpt.errors import ChecksumMismatchError, CheckpointNotFoundError, NoMatchingKeysError
+from torchckpt.errors import CheckpointNotFoundError, ChecksumMismatchError, NoMatchingKeysError
 from torchckpt.training import ResumableSampler, SaveSchedule
 
 

@@ -200,6 +200,7 @@ class CheckpointManager:
                     raise ValueError("whole_model=True is not supported for sharded (distributed) saves")
                 self.wait()
                 info = distributed.save_sharded(self.storage, self.retention, objects, extra=extra_clean, **args)
+                self.schedule.save_committed()
                 if run_async:  # collective: always synchronous
                     done: Future[CheckpointInfo] = Future()
                     done.set_result(info)
