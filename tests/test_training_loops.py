@@ -207,10 +207,10 @@ def test_wrapped_modules_save_inner_keys_and_restore_both_ways(wrap: str, backen
 
 
 @pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module."])
-def test_older_versions_with_a_uniform_prefix_load(prefix: str, tmp_path: Path) -> None:
+def test_older_versions_with_a_uniform_prefix_load(prefix: str, backend: Any) -> None:
     net = _net()
     legacy = OrderedDict((prefix + k, v) for k, v in net.state_dict().items())  # what older code stored
-    mgr = CheckpointManager(tmp_path / "c")
+    mgr = backend.manager()
     mgr.save(1, model=legacy)
     for target in (_net(), nn.DataParallel(_net()), torch.compile(_net(), backend="eager")):
         ckpt = mgr.restore(model=target)
