@@ -64,6 +64,10 @@ class SingleWriterWarning(UserWarning):
     """The root's backend cannot keep concurrent writers from losing manifest updates: use one writer."""
 
 
+class NoMatchingKeysError(CheckpointError):
+    """A module restore would have loaded none of the module's keys (even with strict=False)."""
+
+
 __all__ = [
     "SingleWriterWarning",
     "CheckpointError",
@@ -77,4 +81,5 @@ __all__ = [
     "UploadError",
     "MissingObjectError",
     "NameConflictError",
+    "NoMatchingKeysError",
 ]

@@ -22,9 +22,10 @@ import os
 import secrets
 import shutil
 import time
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .errors import CheckpointError, ChecksumMismatchError, NameConflictError, StorageError
 from .hashing import HashingWriter, digest_of, new_hasher, verify_record
@@ -33,6 +34,8 @@ from .lifecycle import commit_version, name_holders
 from .manifest import read as read_manifest
 from .records import FILES_LAYOUT, CheckpointInfo, new_version_info
 from .retention import RetentionPolicy
+from .saving import clean_metrics
+from .selectors import Selector
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -224,3 +227,53 @@ def _download(storage: Storage, info: CheckpointInfo, rel: str, expected: dict[s
     except FileNotFoundError:  # a listed version lost a file: as unusable as a corrupt one
         raise ChecksumMismatchError(url, str(expected.get("checksum", "a recorded file")), "no such file") from None
     verify_record(url, expected, digest_of(hasher), size)
+
+
+class FolderVersions:
+    """``save_files`` / ``restore_files``: the folder-version methods of ``CheckpointManager``."""
+
+    if TYPE_CHECKING:  # provided by CheckpointManager
+        storage: Storage
+        retention: RetentionPolicy | None
+
+        def check_writable(self, *, settle: bool = False) -> None: ...
+        def wait(self) -> None: ...
+        def resolve(self, version: Selector, versions: list[CheckpointInfo] | None = None) -> CheckpointInfo: ...
+
+    def save_files(
+        self, step: int, local_dir: str | os.PathLike[str], *, epoch: int | None = None,
+        metrics: Mapping[str, float] | None = None, tags: Iterable[str] = (), name: str | None = None,
+        replace: bool = False,
+    ) -> CheckpointInfo:
+        """Commit every file under ``local_dir`` (recursively) as one folder version (``folders.save_files``).
+
+        Args:
+            step: the training step.
+            local_dir: the folder (e.g. a framework's ``checkpoint-N/``).
+            epoch: the epoch, if any.
+            metrics: numbers to record.
+            tags: strings to record.
+            name: a caller-chosen name, unique among listed versions, usable as a selector.
+            replace: move ``name`` from the version holding it (removed in the same manifest update).
+
+        Returns:
+            The committed version's record (``layout == "files"``).
+
+        Raises:
+            ReadOnlyError, NameConflictError, CheckpointError (an unsafe file path), StorageError.
+        """
+        self.check_writable()
+        self.wait()
+        return save_files(self.storage, self.retention, local_dir, step=step, epoch=epoch,
+                                  metrics=clean_metrics(metrics), tags=tuple(str(t) for t in tags), name=name,
+                                  replace=replace)
+
+    def restore_files(self, version: Selector = "latest", local_dir: str | os.PathLike[str] | None = None) -> Path:
+        """Materialise a folder version into ``local_dir``, every file verified first (``folders.restore_files``).
+
+        Raises:
+            CheckpointNotFoundError, ChecksumMismatchError (``local_dir`` left as it was), CheckpointError.
+        """
+        if local_dir is None:
+            raise TypeError("restore_files needs local_dir: the folder to materialise the version into")
+        return restore_files(self.storage, self.resolve(version), local_dir)

@@ -1,9 +1,11 @@
 """Live training objects in and out: what ``save`` stores for each object, and how ``restore`` loads it.
 
 ``capture`` takes a module's or optimizer's ``state_dict()`` (views, no copy), a
-tensor, or a dict; ``load_into`` puts a saved state back into the live object in
-place (modules through ``fastload.prefill_module``: one ``memcpy`` per matching
-CPU tensor before ``load_state_dict`` runs its checks).
+tensor, a ``torch.Generator``'s state, or a dict; ``load_into`` puts a saved state
+back into the live object in place (modules through ``fastload.prefill_module``:
+one ``memcpy`` per matching CPU tensor before ``load_state_dict`` runs its checks).
+Wrapped modules (DDP, DataParallel, ``torch.compile``) are saved and loaded as the
+module they wrap (``training/wrapped.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 
 from .errors import CheckpointError
 from .fastload import prefill_module
+from .training.data import refuse_plain_loader
+from .training.wrapped import KeyMap, KeyReport, check_keys, match_keys, unwrap
 
 
 def capture(name: str, obj: Any) -> Any:
@@ -22,24 +26,53 @@ def capture(name: str, obj: Any) -> Any:
 
     Args:
         name: the object's name (for messages).
-        obj: an object with ``state_dict()``, a tensor, or a dict.
+        obj: an object with ``state_dict()`` (wrapped modules: the inner one's), a tensor, a
+            ``torch.Generator``, or a dict.
 
     Returns:
         The state to store.
 
     Raises:
-        TypeError: nothing torchckpt knows how to store.
+        TypeError: nothing torchckpt knows how to store (a plain ``DataLoader``: the message names the recipe).
     """
     if isinstance(obj, torch.Tensor):
         return obj.detach()
+    if isinstance(obj, torch.nn.Module):
+        return unwrap(obj).state_dict()
+    if isinstance(obj, torch.Generator):
+        return obj.get_state()
     if hasattr(obj, "state_dict") and callable(obj.state_dict):
         return obj.state_dict()
     if isinstance(obj, Mapping):
         return dict(obj)
+    refuse_plain_loader(name, obj, "save")
     raise TypeError(
         f"cannot save {name}={type(obj).__name__}: pass an object with state_dict(), a tensor, "
         "or a dict of tensors"
     )
+
+
+def match_module_state(
+    name: str, module: torch.nn.Module, state: Any, strict: bool, key_map: KeyMap | None = None
+) -> tuple[Any, KeyReport]:
+    """A saved module state renamed for ``module`` (wrapped or not), and how its keys matched.
+
+    Args:
+        name: the object's name (for messages).
+        module: the live module (DDP / DataParallel / compiled wrappers are looked through).
+        state: what was saved for it.
+        strict: with strict, ``load_state_dict`` reports differences itself.
+        key_map: ``fn(saved_key) -> new key | None (drop)`` applied first.
+
+    Returns:
+        The state to pass to ``load_into`` and the missing / unexpected keys.
+
+    Raises:
+        NoMatchingKeysError: not strict, and none of the module's keys would be loaded.
+    """
+    target_keys = list(unwrap(module).state_dict(keep_vars=True))
+    state = match_keys(state, target_keys, key_map)
+    return state, check_keys(name, state, target_keys, strict)
 
 
 def load_into(name: str, obj: Any, state: Any, strict: bool) -> None:
@@ -47,7 +80,8 @@ def load_into(name: str, obj: Any, state: Any, strict: bool) -> None:
 
     Args:
         name: the object's name (for messages).
-        obj: a module, optimizer, scheduler, anything with ``load_state_dict``, a tensor or a dict.
+        obj: a module (wrapped or not; keys as ``match_module_state`` returns them), optimizer,
+            scheduler, anything with ``load_state_dict``, a ``torch.Generator``, a tensor or a dict.
         state: what was saved for it.
         strict: modules: every key must match; dicts: the same keys.
 
@@ -56,7 +90,11 @@ def load_into(name: str, obj: Any, state: Any, strict: bool) -> None:
         TypeError: ``obj`` cannot be restored into.
     """
     if isinstance(obj, torch.nn.Module):
-        obj.load_state_dict(prefill_module(obj, state), strict=strict)
+        module = unwrap(obj)
+        module.load_state_dict(prefill_module(module, state), strict=strict)
+        return
+    if isinstance(obj, torch.Generator):
+        obj.set_state(state.cpu())
     elif hasattr(obj, "load_state_dict"):
         obj.load_state_dict(state)
     elif isinstance(obj, torch.Tensor):
@@ -72,4 +110,5 @@ def load_into(name: str, obj: Any, state: Any, strict: bool) -> None:
             else:
                 obj[key] = value
     else:
+        refuse_plain_loader(name, obj, "restore into")
         raise TypeError(f"cannot restore into {name}={type(obj).__name__}: expected state_dict owner, tensor or dict")

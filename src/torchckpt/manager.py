@@ -10,25 +10,25 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 import warnings
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
-from datetime import timedelta
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import fsspec
 import torch
 
-from . import folders, lifecycle, maintenance, rng
 from . import manifest as mf
+from . import rng
+from .administration import VersionAdmin
 from .async_save import AsyncSaver
 from .errors import (
-    CheckpointError,
     ManifestError,
     ReadOnlyError,
 )
+from .folders import FolderVersions
 from .formats import SAVE_FORMATS
 from .formats.devices import MapLocation
 from .formats.pickling import check_safe
@@ -42,13 +42,17 @@ from .saving import PAYLOAD_VERSION, check_save_args, clean_metrics, pickle_modu
 from .selectors import Selector, best, resolve, restore_candidates
 from .storage import open_storage
 from .tiers import SHARDED_REFUSAL, Tiers
+from .training.loop import TrainingLoop
+from .training.ranks import skips_replicated_write
+from .training.schedule import SaveSchedule
+from .training.wrapped import KeyMap
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CheckpointManager", "Selector", "VerifyReport"]
 
 
-class CheckpointManager:
+class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
     """Saves, lists, restores and prunes versions of a training state under one root."""
 
     def __init__(
@@ -64,6 +68,9 @@ class CheckpointManager:
         distributed: bool | None = None,
         cache: str | os.PathLike[str] | None = None,
         cache_keep_last: int = 2,
+        save_every_steps: int | None = None,
+        save_every_seconds: float | None = None,
+        preemption_signals: Iterable[int | signal.Signals] = (),
     ) -> None:
         """Open (and, unless read-only, create) a checkpoint root.
 
@@ -75,14 +82,19 @@ class CheckpointManager:
             format: ``"torch"`` (one ``state.pt``) or ``"safetensors"``.
             async_save: ``save`` returns a future and writes in the background.
             read_only: every write raises ``ReadOnlyError`` (evaluators).
-            distributed: True: every save is a collective sharded save; None: when the state is sharded.
+            distributed: True: every save is a collective sharded save; None: when the state is sharded,
+                and replicated state in a process group is written by rank 0 only; False: every process writes.
             cache: a local path (or fsspec URL) that saves commit to first; uploads to ``root`` run in the
                 background and reads prefer it (see docs/tiers.md). Not with sharded saves.
             cache_keep_last: uploaded versions the cache keeps (besides those not uploaded yet).
+            save_every_steps: ``should_save`` is True at positive multiples of this step.
+            save_every_seconds: ``should_save`` is True when this many seconds passed since the last commit.
+            preemption_signals: install flag-only handlers (main thread); ``should_save`` is True after one.
 
         Raises:
             StorageError: the root or the cache cannot be reached or used (missing bucket, a file in the way).
-            ValueError: an unknown format; ``cache`` with ``distributed=True``.
+            ValueError: an unknown format; ``cache`` with ``distributed=True``; a schedule rule that is not positive.
+            CheckpointError: ``preemption_signals`` given outside the main thread.
             TypeError: ``retention`` is not a ``RetentionPolicy``.
         """
         if format not in SAVE_FORMATS:
@@ -103,6 +115,7 @@ class CheckpointManager:
             raise ValueError(SHARDED_REFUSAL)
         self._tiers = None if cache is None else Tiers(self.storage, cache, keep_last=cache_keep_last,
                                                        retention=retention, read_only=read_only)
+        self.schedule = SaveSchedule(save_every_steps, save_every_seconds, preemption_signals=preemption_signals)
         log.debug("checkpoint manager on %s", self.storage.root_url)
 
     # ----- lifetime ------------------------------------------------------------------------------------
@@ -113,11 +126,12 @@ class CheckpointManager:
         self.close()
 
     def close(self) -> None:
-        """Wait for pending saves and uploads, and release the workers.
+        """Wait for pending saves and uploads, release the workers and put back replaced signal handlers.
 
         Raises:
             AsyncSaveError: a background save failed (``UploadError``: an upload to the root did).
         """
+        self.schedule.close()
         try:
             if self._saver is not None:
                 saver, self._saver = self._saver, None
@@ -163,7 +177,7 @@ class CheckpointManager:
         name: str | None = None,
         replace: bool = False,
         **objects: Any,
-    ) -> CheckpointInfo | Future[CheckpointInfo]:
+    ) -> CheckpointInfo | Future[CheckpointInfo] | None:
         """Save a new version of ``objects`` (by name), with RNG states.
 
         Args:
@@ -179,7 +193,8 @@ class CheckpointManager:
             **objects: name -> object with ``state_dict()``, a tensor, or a dict of tensors.
 
         Returns:
-            The committed version's ``CheckpointInfo``, or a ``Future`` of it when async.
+            The committed version's ``CheckpointInfo``, or a ``Future`` of it when async; None on ranks
+            other than 0 of a process group saving replicated state (rank 0 writes, nobody waits).
 
         Raises:
             ReadOnlyError: the manager is read-only.
@@ -198,6 +213,7 @@ class CheckpointManager:
             args.update(name=name, replace=replace)
         extra_clean = dict(extra or {})
         run_async = self.async_save if blocking is None else not blocking
+        self.schedule.save_started(step)
         if self._may_shard():  # sharded state / distributed=True: every rank saves through DCP
             from . import distributed
 
@@ -208,11 +224,15 @@ class CheckpointManager:
                     raise ValueError("whole_model=True and name= are not supported for sharded (distributed) saves")
                 self.wait()
                 info = distributed.save_sharded(self.storage, self.retention, objects, extra=extra_clean, **args)
+                self.schedule.save_committed()
                 if run_async:  # collective: always synchronous
                     done: Future[CheckpointInfo] = Future()
                     done.set_result(info)
                     return done
                 return info
+            if skips_replicated_write(self.distributed):  # replicated state: rank 0 writes it
+                self.schedule.save_committed()
+                return None
         check_safe(extra_clean, "extra")
         states = {name: capture(name, obj) for name, obj in objects.items()}
         check_safe(states, "state")
@@ -221,58 +241,24 @@ class CheckpointManager:
         if not run_async:
             if self._saver is not None:
                 self._saver.wait()
-            return self._write(payload, module, args)
+            info = self._write(payload, module, args)
+            self.schedule.save_committed()
+            return info
         if self._saver is None:
             self._saver = AsyncSaver()
         self._saver.wait()  # one save in flight, and its staging buffers are about to be reused
         started = time.perf_counter()
         staged = self._saver.staging.snapshot(payload)  # one copy into reused (pinned for CUDA) buffers
         module_bytes = pickle_module(module) if module is not None else None
-        return self._saver.submit(lambda: self._write(staged, module_bytes, args),
-                                  blocked_s=time.perf_counter() - started)
+        future = self._saver.submit(lambda: self._write(staged, module_bytes, args),
+                                    blocked_s=time.perf_counter() - started)
+        future.add_done_callback(lambda _: self.schedule.save_committed())
+        return future
 
     def _write(self, payload: dict[str, Any], module: Any, args: dict[str, Any]) -> CheckpointInfo:
         if self._tiers is not None:  # commit to the cache; the upload runs in the background
             return self._tiers.save(self.format, payload, module, **args)
         return write_version(self.storage, self.format, payload, module, self.retention, **args)
-
-    def save_files(
-        self, step: int, local_dir: str | os.PathLike[str], *, epoch: int | None = None,
-        metrics: Mapping[str, float] | None = None, tags: Iterable[str] = (), name: str | None = None,
-        replace: bool = False,
-    ) -> CheckpointInfo:
-        """Commit every file under ``local_dir`` (recursively) as one folder version (``folders.save_files``).
-
-        Args:
-            step: the training step.
-            local_dir: the folder (e.g. a framework's ``checkpoint-N/``).
-            epoch: the epoch, if any.
-            metrics: numbers to record.
-            tags: strings to record.
-            name: a caller-chosen name, unique among listed versions, usable as a selector.
-            replace: move ``name`` from the version holding it (removed in the same manifest update).
-
-        Returns:
-            The committed version's record (``layout == "files"``).
-
-        Raises:
-            ReadOnlyError, NameConflictError, CheckpointError (an unsafe file path), StorageError.
-        """
-        self.check_writable()
-        self.wait()
-        return folders.save_files(self.storage, self.retention, local_dir, step=step, epoch=epoch,
-                                  metrics=clean_metrics(metrics), tags=tuple(str(t) for t in tags), name=name,
-                                  replace=replace)
-
-    def restore_files(self, version: Selector = "latest", local_dir: str | os.PathLike[str] | None = None) -> Path:
-        """Materialise a folder version into ``local_dir``, every file verified first (``folders.restore_files``).
-
-        Raises:
-            CheckpointNotFoundError, ChecksumMismatchError (``local_dir`` left as it was), CheckpointError.
-        """
-        if local_dir is None:
-            raise TypeError("restore_files needs local_dir: the folder to materialise the version into")
-        return folders.restore_files(self.storage, self.resolve(version), local_dir)
 
     def _may_shard(self) -> bool:
         """Cheap pre-check, so single-process users never pay DCP's ~0.7 s import."""
@@ -359,6 +345,11 @@ class CheckpointManager:
         """Where to read a version from: the cache first (when it holds it), then the root."""
         return self._tiers.copies(info) if self._tiers is not None else [(self.storage, info)]
 
+    @overload
+    def restore(self, version: Selector = ..., *, missing_ok: Literal[False] = ..., **kwargs: Any) -> Checkpoint: ...
+    @overload
+    def restore(self, version: Selector = ..., *, missing_ok: bool, **kwargs: Any) -> Checkpoint | None: ...
+
     def restore(
         self,
         version: Selector = "latest",
@@ -369,8 +360,10 @@ class CheckpointManager:
         fallback: bool = False,
         verify: bool = True,
         trust_pickle: bool = False,
+        missing_ok: bool = False,
+        key_map: KeyMap | None = None,
         **objects: Any,
-    ) -> Checkpoint:
+    ) -> Checkpoint | None:
         """Load a version's state into ``objects`` in place (by name).
 
         Args:
@@ -381,16 +374,21 @@ class CheckpointManager:
             fallback: when the version is corrupt or incomplete, warn and restore the newest older one that is not.
             verify: check sizes and checksums first.
             trust_pickle: allow arbitrary pickle.
-            **objects: name -> live object to load into; saved names not given stay in ``.state``.
+            missing_ok: on a root without versions, return None and load nothing (autoresume).
+            key_map: ``fn(saved_key) -> new key | None (drop)`` for module state, applied before loading.
+            **objects: name -> live object to load into (modules wrapped or not); saved names not given
+                stay in ``.state``.
 
         Returns:
-            A ``Checkpoint`` (``.info .step .epoch .metrics .extra .state``).
+            A ``Checkpoint`` (``.info .step .epoch .metrics .extra .state .missing_keys .unexpected_keys``),
+            or None with ``missing_ok`` on an empty root.
 
         Raises:
             CheckpointNotFoundError: no such version (or, with ``fallback``, none usable).
             MissingObjectError: a name was given that the version did not save.
             ChecksumMismatchError: the version is corrupt (without ``fallback``).
             UnsafeCheckpointError: loading would need arbitrary pickle.
+            NoMatchingKeysError: a module would load none of its keys (``strict=False``).
         """
         try:
             versions = self.list()
@@ -399,11 +397,14 @@ class CheckpointManager:
                 raise
             warnings.warn(f"{exc}; falling back to the versions' meta.json files", stacklevel=2)
             versions = mf.scan(self.storage).versions
+        if missing_ok and not versions:
+            return None
         candidates = restore_candidates(versions, version, fallback=fallback, root_url=self.root_url,
                                         retention=self.retention)
         return restore_into(
             self.storage, candidates, objects, map_location=map_location, strict=strict, restore_rng=restore_rng,
             fallback=fallback, verify=verify, trust_pickle=trust_pickle, is_listed=self._is_listed, copies=self._copies,
+            key_map=key_map,
             collective=self.distributed is not False and torch.distributed.is_available()
             and torch.distributed.is_initialized(),
         )
@@ -432,82 +433,3 @@ class CheckpointManager:
         if settle and self._tiers is not None:
             self._tiers.wait()
 
-    def _set_pinned(self, version: Selector, pinned: bool) -> CheckpointInfo:
-        self.check_writable(settle=True)
-        return lifecycle.set_pinned(self.storage, self.resolve(version).version, pinned)
-
-    def pin(self, version: Selector) -> CheckpointInfo:
-        """Protect a version from every prune; returns its updated record."""
-        return self._set_pinned(version, True)
-
-    def unpin(self, version: Selector) -> CheckpointInfo:
-        """Let prunes remove a version again; returns its updated record."""
-        return self._set_pinned(version, False)
-
-    def delete(self, version: Selector) -> CheckpointInfo:
-        """Remove one version: unlisted first, then its data.
-
-        Raises:
-            CheckpointError: the version is pinned (unpin it first).
-        """
-        self.check_writable(settle=True)
-        info = self.resolve(version)
-        if info.pinned:
-            raise CheckpointError(f"version {info.version} is pinned; unpin it first")
-        lifecycle.unlist(self.storage, lambda versions: [v for v in versions if v.version == info.version])
-        return info
-
-    def prune(self, policy: RetentionPolicy | None = None, *, dry_run: bool = False) -> list[CheckpointInfo]:
-        """Apply a retention policy (default: the manager's).
-
-        Returns:
-            What was removed (or, with ``dry_run``, would be).
-        """
-        policy = policy or self.retention
-        if not dry_run:
-            self.check_writable()  # even with no policy: every write of a read-only manager raises
-        if policy is None:
-            return []
-        if dry_run:  # the root's versions: a cache's pending ones are not the root's to prune yet
-            return policy.to_remove(mf.read(self.storage).versions)
-        return lifecycle.unlist(self.storage, policy.to_remove)
-
-    def verify(self, version: Selector | None = None) -> VerifyReport:
-        """Check sizes and checksums of one version or of all (with a cache: the root's copy, else the cache's)."""
-        infos = self.list() if version is None else [self.resolve(version)]
-        return maintenance.verify_copies([self._copies(info)[-1] for info in infos])
-
-    def gc(self, older_than: timedelta | float = timedelta(hours=1)) -> list[str]:
-        """Remove uncommitted leftovers older than the grace period; returns what was removed."""
-        self.check_writable()
-        return maintenance.collect_garbage(self.storage, {v.version for v in self.list()}, older_than)
-
-    def repair(self) -> list[CheckpointInfo]:
-        """Rebuild the manifest from the versions' ``meta.json`` files; returns the listed versions."""
-        self.check_writable()
-        return mf.rebuild(self.storage).versions
-
-    # ----- exports (see export.py) -------------------------------------------------------------------------------
-    def export_torchscript(self, model: torch.nn.Module, version: Selector = "latest", **kwargs: Any) -> str:
-        """Load ``version``'s weights into ``model``, script (or trace) it and store it; see ``export.py``.
-
-        Returns:
-            The artifact's URL.
-        """
-        self.check_writable(settle=True)
-        from .export import export_torchscript
-
-        return export_torchscript(self, model, version, **kwargs)
-
-    def export_program(
-        self, model: torch.nn.Module, example_inputs: tuple[Any, ...], version: Selector = "latest", **kwargs: Any
-    ) -> str:
-        """Load ``version``'s weights into ``model``, ``torch.export`` it and store the program.
-
-        Returns:
-            The artifact's URL.
-        """
-        self.check_writable(settle=True)
-        from .export import export_program
-
-        return export_program(self, model, example_inputs, version, **kwargs)

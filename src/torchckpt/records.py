@@ -135,11 +135,18 @@ def meta_bytes(info: CheckpointInfo, extra: Mapping[str, Any] | None = None) -> 
 
 @dataclass
 class Checkpoint:
-    """What ``restore()`` returns: the record plus everything not loaded in place."""
+    """What ``restore()`` returns: the record plus everything not loaded in place.
+
+    ``missing_keys`` / ``unexpected_keys`` map each restored module's name to the keys the
+    module lacked in the saved state / the saved keys it had no place for (a ``strict=False``
+    partial restore; empty lists after a strict one).
+    """
 
     info: CheckpointInfo
     state: dict[str, Any]
     extra: dict[str, Any]
+    missing_keys: dict[str, list[str]] = field(default_factory=dict)
+    unexpected_keys: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def step(self) -> int:

@@ -26,9 +26,10 @@ from .formats import format_of
 from .formats.devices import MapLocation
 from .formats.pickling import MODULE_FILE, load_from
 from .layout import version_file
-from .live_objects import load_into
+from .live_objects import load_into, match_module_state
 from .records import Checkpoint, CheckpointInfo
 from .storage import Storage
+from .training.wrapped import KeyMap
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ def restore_into(
     collective: bool,
     is_listed: Callable[[str], bool],
     copies: Callable[[CheckpointInfo], Copies] | None = None,
+    key_map: KeyMap | None = None,
 ) -> Checkpoint:
     """Restore the first usable candidate into ``objects`` in place.
 
@@ -136,19 +138,23 @@ def restore_into(
         collective: sharded versions are restored by every rank of the process group.
         is_listed: see ``read_payload``.
         copies: where each candidate can be read from, best first (default: ``storage`` only).
+        key_map: renames (or drops, with None) saved module keys before loading.
 
     Returns:
-        The restored checkpoint.
+        The restored checkpoint (with each module's missing / unexpected keys).
 
     Raises:
         CheckpointNotFoundError: no candidate could be restored.
         MissingObjectError: a name was given that the version did not save.
+        NoMatchingKeysError: a module would load none of its keys.
     """
     for info in candidates:
         try:
             if info.layout == "dcp":  # sharded: DCP loads into the live objects (collective, reshards)
                 from .distributed import restore_sharded
 
+                if key_map is not None:
+                    raise TypeError(f"key_map is not supported for sharded (DCP) version {info.version}")
                 ckpt = restore_sharded(
                     storage, info, objects, collective=collective, strict=strict, restore_rng=restore_rng,
                     verify=verify, trust_pickle=trust_pickle,
@@ -173,12 +179,18 @@ def restore_into(
         raise MissingObjectError(
             f"version {info.version} has no {', '.join(missing)}; it saved: {', '.join(states) or 'nothing'}"
         )
+    ckpt = Checkpoint(info=info, state=states, extra=payload.get("extra", {}))
+    to_load = dict(states)
+    for name, obj in objects.items():  # match every module's keys before loading anything
+        if isinstance(obj, torch.nn.Module):
+            to_load[name], report = match_module_state(name, obj, states[name], strict, key_map)
+            ckpt.missing_keys[name], ckpt.unexpected_keys[name] = report.missing, report.unexpected
     for name, obj in objects.items():
-        load_into(name, obj, states[name], strict)
+        load_into(name, obj, to_load[name], strict)
     if restore_rng and payload.get("rng"):
         rng.restore(payload["rng"])
     log.info("restored %s from %s", info.version, storage.root_url)
-    return Checkpoint(info=info, state=states, extra=payload.get("extra", {}))
+    return ckpt
 
 
 def load_whole_model(
