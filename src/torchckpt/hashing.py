@@ -7,6 +7,7 @@ network, and is what ``meta.json`` records as ``"xxh3_128:<hex>"``.
 from __future__ import annotations
 
 import io
+import mmap
 from collections.abc import Mapping
 from typing import IO, Any, BinaryIO, Callable
 
@@ -26,7 +27,7 @@ def digest_of(hasher: "xxhash.xxh3_128") -> str:
     return f"{ALGORITHM}:{hasher.hexdigest()}"
 
 
-def checksum_bytes(data: bytes | memoryview) -> str:
+def checksum_bytes(data: bytes | bytearray | memoryview | mmap.mmap) -> str:
     return f"{ALGORITHM}:{xxhash.xxh3_128_hexdigest(data)}"
 
 
@@ -45,7 +46,6 @@ def checksum_file(path: str) -> tuple[str, int]:
     No copy into user buffers, and the pages it faults in are the page-cache pages a
     following ``torch.load(mmap=True)`` maps again, so verify-then-load reads the disk once.
     """
-    import mmap
     import os
 
     h = new_hasher()

@@ -241,8 +241,8 @@ def parse_header(data: bytes | bytearray | memoryview, url: str) -> tuple[dict[s
     return header, 8 + n
 
 
-def tensors_from_buffer(buf: bytearray, url: str) -> dict[str, torch.Tensor]:
-    """Tensors of a whole .safetensors file held in ``buf`` (views into it, no pickle, no copy)."""
+def tensors_from_buffer(buf: Any, url: str) -> dict[str, torch.Tensor]:
+    """Tensors of a whole .safetensors file held in ``buf`` (a writable buffer: views into it, no pickle, no copy)."""
     header, start = parse_header(buf, url)
     body = len(buf) - start
     out: dict[str, torch.Tensor] = {}
@@ -270,10 +270,17 @@ def tensors_from_buffer(buf: bytearray, url: str) -> dict[str, torch.Tensor]:
 
 
 def read_file(storage: Storage, rel: str, expected: Mapping[str, Any] | None, *, verify: bool) -> dict[str, torch.Tensor]:
-    """Read a whole .safetensors file once into memory, verify it, and return its tensors."""
+    """A .safetensors file's tensors, verified first.
+
+    A local file is memory-mapped (privately, copy-on-write): its checksum is computed
+    from the page cache and the tensors are views of the same pages, as
+    ``safetensors.torch.load_file`` does, so nothing is read twice or copied. Other
+    backends read the whole file once into one buffer.
+    """
     url = storage.url(rel)
     size = int(expected["size"]) if expected and "size" in expected else storage.size(rel)
-    buf = storage.read_buffer(rel, size)
+    mapped = storage.map_read(rel)
+    buf: Any = mapped if mapped is not None else storage.read_buffer(rel, size)
     if verify and expected:
         verify_record(url, expected, checksum_bytes(buf) if len(buf) == size else "(not computed)", len(buf))
     if len(buf) != size:

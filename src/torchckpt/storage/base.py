@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import mmap
 import os
 import posixpath
 from collections.abc import Iterator, Mapping
@@ -230,6 +231,19 @@ class Storage:
         if got < size:
             del buf[got:]
         return buf + extra if extra else buf
+
+    def map_read(self, rel: str) -> mmap.mmap | None:
+        """A private, copy-on-write memory map of a whole file, where the backend has local files.
+
+        Tensors made from it see the page cache directly (no read copy); writes to them
+        stay private to this process and never reach the file. Backends without local
+        files return None and callers read the bytes instead (``read_buffer``).
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            StorageError: the backend failed.
+        """
+        return None
 
     def checksum(self, rel: str) -> tuple[str, int]:
         """Checksum and size of a stored file, read as a stream.

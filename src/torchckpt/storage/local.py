@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import mmap
 import os
 import secrets
 from collections.abc import Iterator, Mapping
@@ -61,6 +62,16 @@ class LocalStorage(Storage):
         with self.errors("reading", rel), open(self.path(rel), "rb") as f:
             f.seek(start)
             return f.read(max(0, end - start))
+
+    def map_read(self, rel: str) -> mmap.mmap | None:
+        """The file mapped privately (``MAP_PRIVATE``): the page cache itself, never written back.
+
+        An empty file cannot be mapped: None, and the caller reads its (zero) bytes.
+        """
+        with self.errors("reading", rel), open(self.path(rel), "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return None
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
 
     def checksum(self, rel: str) -> tuple[str, int]:
         with self.errors("verifying", rel):
