@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import timedelta
 from typing import Any
@@ -37,7 +37,7 @@ from .live_objects import capture
 from .maintenance import VerifyReport
 from .records import Checkpoint, CheckpointInfo
 from .retention import RetentionPolicy
-from .restoring import load_whole_model, read_payload, restore_into
+from .restoring import load_whole_model, read_objects, restore_into
 from .saving import PAYLOAD_VERSION, clean_metrics, pickle_module, write_version
 from .selectors import Selector, best, resolve
 from .storage import open_storage
@@ -268,7 +268,7 @@ class CheckpointManager:
 
     def load(
         self, version: Selector = "latest", *, map_location: MapLocation = None, verify: bool = True,
-        trust_pickle: bool = False,
+        trust_pickle: bool = False, objects: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """The saved state as a plain dict (object name -> state); nothing is loaded in place.
 
@@ -277,15 +277,17 @@ class CheckpointManager:
             map_location: like ``torch.load``'s; None keeps available devices and falls back to the CPU.
             verify: check sizes and checksums first.
             trust_pickle: allow arbitrary pickle (only for sources you trust).
+            objects: only these saved objects (e.g. ``["model"]``); versions that store objects in
+                files of their own then read and verify only those files. None: every object.
 
         Raises:
             CheckpointNotFoundError: no such version.
             ChecksumMismatchError: a file is corrupt or missing.
             UnsafeCheckpointError: loading would need arbitrary pickle.
+            MissingObjectError: ``objects`` names an object the version did not save.
         """
-        payload = read_payload(self.storage, self.resolve(version), map_location=map_location, verify=verify,
-                               trust_pickle=trust_pickle, is_listed=self._is_listed)
-        return payload["objects"]
+        return read_objects(self.storage, self.resolve(version), map_location=map_location, verify=verify,
+                            trust_pickle=trust_pickle, is_listed=self._is_listed, objects=objects)
 
     def restore(
         self,

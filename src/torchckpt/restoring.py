@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -44,6 +44,7 @@ def read_payload(
     verify: bool,
     trust_pickle: bool,
     is_listed: Callable[[str], bool],
+    objects: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """A version's payload through its format, a vanished file reported as corruption.
 
@@ -54,6 +55,7 @@ def read_payload(
         verify: check sizes and checksums.
         trust_pickle: allow arbitrary pickle.
         is_listed: whether a version id is still listed (tells "pruned meanwhile" from "damaged").
+        objects: read only these saved objects (None: all); see ``Format.read``.
 
     Raises:
         CheckpointNotFoundError: the version was removed while loading.
@@ -61,7 +63,8 @@ def read_payload(
         UnsafeCheckpointError: loading would need arbitrary pickle.
     """
     try:
-        return format_of(info).read(storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle)
+        return format_of(info).read(storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle,
+                                    objects=objects)
     except FileNotFoundError as exc:  # a listed version lost a data file: as corrupt as a bad checksum
         if not is_listed(info.version):
             raise CheckpointNotFoundError(
@@ -72,6 +75,49 @@ def read_payload(
         )
         expected = str(info.files.get(name, {}).get("checksum", "a recorded file"))
         raise ChecksumMismatchError(f"{info.url}/{name}", expected, "no such file") from exc
+
+
+def read_objects(
+    storage: Storage,
+    info: CheckpointInfo,
+    *,
+    map_location: MapLocation,
+    verify: bool,
+    trust_pickle: bool,
+    is_listed: Callable[[str], bool],
+    objects: Collection[str] | None,
+) -> dict[str, Any]:
+    """The saved objects of a version (``load``): all, or only the named ones.
+
+    Args:
+        storage: the root.
+        info: the version.
+        map_location: device remapping.
+        verify: check sizes and checksums of what is read.
+        trust_pickle: allow arbitrary pickle.
+        is_listed: see ``read_payload``.
+        objects: the names to read (None: every saved object).
+
+    Returns:
+        Object name -> saved state, in saved order.
+
+    Raises:
+        MissingObjectError: a name the version did not save.
+        ChecksumMismatchError: a file read is corrupt or missing.
+    """
+    if objects is not None:
+        objects = list(objects)
+        unknown = [n for n in objects if info.objects and n not in info.objects]
+        if unknown:
+            raise MissingObjectError(
+                f"version {info.version} has no {', '.join(unknown)}; it saved: {', '.join(info.objects)}"
+            )
+    states: dict[str, Any] = read_payload(storage, info, map_location=map_location, verify=verify,
+                                          trust_pickle=trust_pickle, is_listed=is_listed, objects=objects)["objects"]
+    missing = [n for n in objects or () if n not in states]
+    if missing:
+        raise MissingObjectError(f"version {info.version} has no {', '.join(missing)}; it saved: {', '.join(states)}")
+    return states
 
 
 def restore_into(
@@ -121,8 +167,9 @@ def restore_into(
                 )
                 log.info("restored sharded %s from %s", info.version, storage.root_url)
                 return ckpt
+            wanted = list(objects) if objects and info.objects else None  # None: read everything
             payload = read_payload(storage, info, map_location=map_location, verify=verify,
-                                   trust_pickle=trust_pickle, is_listed=is_listed)
+                                   trust_pickle=trust_pickle, is_listed=is_listed, objects=wanted)
             break
         except (UnsafeCheckpointError, MissingObjectError):
             raise
@@ -136,9 +183,18 @@ def restore_into(
     states = payload["objects"]
     missing = [name for name in objects if name not in states]
     if missing:
+        saved = info.objects or tuple(states)
         raise MissingObjectError(
-            f"version {info.version} has no {', '.join(missing)}; it saved: {', '.join(states) or 'nothing'}"
+            f"version {info.version} has no {', '.join(missing)}; it saved: {', '.join(saved) or 'nothing'}"
         )
+    if wanted is not None:
+        chosen = info
+
+        def read_one(name: str) -> Any:
+            return read_payload(storage, chosen, map_location=map_location, verify=verify, trust_pickle=trust_pickle,
+                                is_listed=is_listed, objects=[name])["objects"][name]
+
+        states = SavedStates(states, info.objects, read_one)
     for name, obj in objects.items():
         load_into(name, obj, states[name], strict)
     if restore_rng and payload.get("rng"):
@@ -169,3 +225,76 @@ def load_whole_model(
     if not isinstance(module, torch.nn.Module):
         raise CheckpointError(f"{storage.url(rel)} does not hold an nn.Module")
     return module
+
+
+class SavedStates(dict):  # type: ignore[type-arg]
+    """``Checkpoint.state`` after a partial read: a saved object not read yet is read on first use.
+
+    ``restore(model=net)`` reads (and verifies) only the model's data; the version's
+    other objects stay listed here and are read, verified, when first looked up
+    (``state["optimizer"]``, ``.get``), or all at once by anything that walks the
+    whole dict (iteration, ``items()``, ``values()``, ``copy()``, ``==``).
+    """
+
+    def __init__(self, loaded: Mapping[str, Any], names: Collection[str], read_one: Callable[[str], Any]) -> None:
+        super().__init__(loaded)
+        self._names = [n for n in names if n not in loaded] + list(loaded)
+        self._read_one = read_one
+
+    def __missing__(self, key: str) -> Any:
+        if key not in self._names:
+            raise KeyError(key)
+        value = self._read_one(key)
+        dict.__setitem__(self, key, value)
+        return value
+
+    def _read_all(self) -> None:
+        for name in self._names:
+            if not dict.__contains__(self, name):
+                self[name]
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        """The state of ``key`` (read now if needed), or ``default`` when it was not saved."""
+        return self[key] if key in self else default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._names or dict.__contains__(self, key)
+
+    def __len__(self) -> int:
+        self._read_all()
+        return dict.__len__(self)
+
+    def __iter__(self) -> Iterator[str]:
+        self._read_all()
+        return dict.__iter__(self)
+
+    def keys(self) -> Any:  # type: ignore[override]
+        """Every saved name (reads the objects not read yet)."""
+        self._read_all()
+        return dict.keys(self)
+
+    def items(self) -> Any:  # type: ignore[override]
+        """Every saved object's state (reads the objects not read yet)."""
+        self._read_all()
+        return dict.items(self)
+
+    def values(self) -> Any:  # type: ignore[override]
+        """Every saved object's state (reads the objects not read yet)."""
+        self._read_all()
+        return dict.values(self)
+
+    def copy(self) -> dict[str, Any]:
+        """A plain dict of every saved object's state."""
+        self._read_all()
+        return dict(dict.items(self))
+
+    def __eq__(self, other: object) -> bool:
+        self._read_all()
+        return dict.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        pending = [n for n in self._names if not dict.__contains__(self, n)]
+        return f"{dict.__repr__(self)[:-1]}{', ' if pending and dict.__len__(self) else ''}" + \
+            ", ".join(f"{n!r}: <not read yet>" for n in pending) + "}"

@@ -36,7 +36,7 @@ import json
 import logging
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import IO, Any, ClassVar, Iterator
 
 import torch
@@ -46,7 +46,7 @@ from ..hashing import HashingWriter, checksum_bytes, verify_record
 from ..layout import is_plain_name, version_file
 from ..records import CheckpointInfo
 from ..storage import Storage, VersionWriter
-from .base import FileRecords, Format, TensorRow
+from .base import FileRecords, Format, TensorRow, only_objects
 from .devices import MapLocation, place
 from .pickling import STATE_FILE, save_to
 from .torch_file import read_state_file
@@ -377,9 +377,18 @@ class SafetensorsFormat(Format):
         return files
 
     def read(
-        self, storage: Storage, info: CheckpointInfo, *, map_location: MapLocation, verify: bool, trust_pickle: bool
+        self,
+        storage: Storage,
+        info: CheckpointInfo,
+        *,
+        map_location: MapLocation,
+        verify: bool,
+        trust_pickle: bool,
+        objects: Collection[str] | None = None,
     ) -> dict[str, Any]:
+        """The payload; only the ``.safetensors`` files of ``objects`` (all for None) are read."""
         skeleton = read_state_file(storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle)
+        skeleton = only_objects(skeleton, objects)
         return fill_skeleton(storage, info, skeleton, map_location=map_location, verify=verify)
 
     def summarize(self, storage: Storage, info: CheckpointInfo) -> list[TensorRow]:
