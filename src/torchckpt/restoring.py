@@ -25,6 +25,7 @@ from .errors import (
 from .formats import format_of
 from .formats.devices import MapLocation
 from .formats.pickling import MODULE_FILE, load_from
+from .hashing import overlapped_checks
 from .layout import version_file
 from .live_objects import load_into
 from .records import Checkpoint, CheckpointInfo
@@ -168,8 +169,10 @@ def restore_into(
                 log.info("restored sharded %s from %s", info.version, storage.root_url)
                 return ckpt
             wanted = list(objects) if objects and info.objects else None  # None: read everything
-            payload = read_payload(storage, info, map_location=map_location, verify=verify,
-                                   trust_pickle=trust_pickle, is_listed=is_listed, objects=wanted)
+            with overlapped_checks():  # local files are hashed on a worker thread while we copy them in
+                payload = read_payload(storage, info, map_location=map_location, verify=verify,
+                                       trust_pickle=trust_pickle, is_listed=is_listed, objects=wanted)
+                problem = _load_objects(info, payload["objects"], objects, strict)
             break
         except (UnsafeCheckpointError, MissingObjectError):
             raise
@@ -180,13 +183,9 @@ def restore_into(
             log.warning("restore fallback: %s unusable: %s", info.version, exc)
     else:
         raise CheckpointNotFoundError(f"no version under {storage.root_url} could be restored")
+    if problem is not None:  # the bytes were sound: a mismatch between the state and the live object
+        raise problem
     states = payload["objects"]
-    missing = [name for name in objects if name not in states]
-    if missing:
-        saved = info.objects or tuple(states)
-        raise MissingObjectError(
-            f"version {info.version} has no {', '.join(missing)}; it saved: {', '.join(saved) or 'nothing'}"
-        )
     if wanted is not None:
         chosen = info
 
@@ -195,12 +194,32 @@ def restore_into(
                                 is_listed=is_listed, objects=[name])["objects"][name]
 
         states = SavedStates(states, info.objects, read_one)
-    for name, obj in objects.items():
-        load_into(name, obj, states[name], strict)
     if restore_rng and payload.get("rng"):
         rng.restore(payload["rng"])
     log.info("restored %s from %s", info.version, storage.root_url)
     return Checkpoint(info=info, state=states, extra=payload.get("extra", {}))
+
+
+def _load_objects(
+    info: CheckpointInfo, states: Mapping[str, Any], objects: Mapping[str, Any], strict: bool
+) -> Exception | None:
+    """Load each state into its live object; a loading failure is returned, to raise once the bytes are verified.
+
+    Raises:
+        MissingObjectError: a name was given that the version did not save.
+    """
+    missing = [name for name in objects if name not in states]
+    if missing:
+        saved = info.objects or tuple(states)
+        raise MissingObjectError(
+            f"version {info.version} has no {', '.join(missing)}; it saved: {', '.join(saved) or 'nothing'}"
+        )
+    try:
+        for name, obj in objects.items():
+            load_into(name, obj, states[name], strict)
+    except Exception as exc:  # strict key mismatches, shapes: not data damage, never a reason to fall back
+        return exc
+    return None
 
 
 def load_whole_model(
@@ -255,7 +274,7 @@ class SavedStates(dict):  # type: ignore[type-arg]
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
         """The state of ``key`` (read now if needed), or ``default`` when it was not saved."""
-        return self[key] if key in self else default
+        return self[key] if key in self else default  # noqa: SIM401 (dict.get would not read it)
 
     def __contains__(self, key: object) -> bool:
         return key in self._names or dict.__contains__(self, key)

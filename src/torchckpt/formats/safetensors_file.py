@@ -42,7 +42,7 @@ from typing import IO, Any, ClassVar, Iterator
 import torch
 
 from ..errors import CheckpointError
-from ..hashing import HashingWriter, checksum_bytes, verify_record
+from ..hashing import HashingWriter, check_later, checksum_bytes, verify_record
 from ..layout import is_plain_name, version_file
 from ..records import CheckpointInfo
 from ..storage import Storage, VersionWriter
@@ -282,7 +282,9 @@ def read_file(storage: Storage, rel: str, expected: Mapping[str, Any] | None, *,
     mapped = storage.map_read(rel)
     buf: Any = mapped if mapped is not None else storage.read_buffer(rel, size)
     if verify and expected:
-        verify_record(url, expected, checksum_bytes(buf) if len(buf) == size else "(not computed)", len(buf))
+        if len(buf) != size:
+            verify_record(url, expected, "(not computed)", len(buf))
+        check_later(url, expected, lambda: (checksum_bytes(buf), len(buf)))
     if len(buf) != size:
         raise CheckpointError(f"{url} holds {len(buf)} bytes, expected {size}")
     return tensors_from_buffer(buf, url)

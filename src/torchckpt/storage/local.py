@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import IO, Any, ClassVar
 
 from ..errors import StorageError
-from ..hashing import checksum_file, verify_record
+from ..hashing import check_later, checksum_file
 from .base import Storage
 from .commit import CommitStrategy, RenameIntoPlace
 
@@ -79,11 +79,10 @@ class LocalStorage(Storage):
 
     def load_source(self, rel: str, expected: Mapping[str, Any] | None, *, verify: bool) -> str | IO[bytes]:
         path = self.path(rel)
-        if verify and expected:
-            actual, size = self.checksum(rel)  # the pages stay cached for torch.load(mmap=True)
-            verify_record(self.url(rel), expected, actual, size)
-        elif not os.path.exists(path):
+        if not os.path.exists(path):
             raise FileNotFoundError(path)
+        if verify and expected:  # hashed from a map of the page cache, which torch.load(mmap=True) maps again
+            check_later(self.url(rel), expected, lambda: self.checksum(rel))
         return path
 
     # ----- writing --------------------------------------------------------------------------------------
