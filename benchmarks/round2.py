@@ -187,7 +187,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--only", default="R1,R2,R3,R5,R3S3")
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1: no OpenMP stalls)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.only = {c.strip() for c in args.only.split(",")}
     torch.manual_seed(0)
     info = machine()

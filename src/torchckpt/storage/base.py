@@ -258,6 +258,9 @@ class Storage:
     def load_source(self, rel: str, expected: Mapping[str, Any] | None, *, verify: bool) -> str | IO[bytes]:
         """What ``torch.load`` should read ``rel`` from, its size and checksum checked first.
 
+        Inside ``hashing.overlapped_checks()`` a backend may check the bytes on a
+        worker thread instead (the local disk does); the block's end waits for it.
+
         Returns:
             A local path (memory-mappable) on a local disk, else a seekable in-memory reader.
 
