@@ -45,6 +45,14 @@ class AsyncSaveError(CheckpointError):
     """A background save failed; raised on the next save, wait() or close()."""
 
 
+class SnapshotChangedError(CheckpointError):
+    """A tensor an async save was still copying in the background was changed in place (not by an optimizer step).
+
+    Raised inside the background save; the next save, ``wait()`` or ``close()`` raises
+    ``AsyncSaveError`` from it.
+    """
+
+
 class MissingObjectError(CheckpointError, KeyError):
     """restore() was given an object name that the version did not save."""
 
@@ -62,4 +70,5 @@ __all__ = [
     "ReadOnlyError",
     "AsyncSaveError",
     "MissingObjectError",
+    "SnapshotChangedError",
 ]

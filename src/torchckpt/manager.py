@@ -33,7 +33,7 @@ from .formats import SAVE_FORMATS
 from .formats.devices import MapLocation
 from .formats.pickling import check_safe
 from .layout import check_names
-from .live_objects import capture
+from .live_objects import capture, optimizer_owned
 from .maintenance import VerifyReport
 from .records import Checkpoint, CheckpointInfo
 from .retention import RetentionPolicy
@@ -61,6 +61,7 @@ class CheckpointManager:
         async_save: bool = False,
         read_only: bool = False,
         distributed: bool | None = None,
+        overlap_snapshot: bool = False,
     ) -> None:
         """Open (and, unless read-only, create) a checkpoint root.
 
@@ -73,6 +74,10 @@ class CheckpointManager:
             async_save: ``save`` returns a future and writes in the background.
             read_only: every write raises ``ReadOnlyError`` (evaluators).
             distributed: True: every save is a collective sharded save; None: when the state is sharded.
+            overlap_snapshot: async saves copy the saved optimizers' parameters and state in the
+                background while training runs its next forward/backward; the next optimizer ``step``
+                waits for that copy (CheckFreq). Until then parameters may change only through an
+                optimizer step: a change elsewhere fails that save (``SnapshotChangedError``).
 
         Raises:
             StorageError: the root cannot be reached or used (missing bucket, a file in the way).
@@ -90,6 +95,7 @@ class CheckpointManager:
         self.async_save = async_save
         self.read_only = read_only
         self.distributed = distributed
+        self.overlap_snapshot = overlap_snapshot
         self._saver: AsyncSaver | None = None
         log.debug("checkpoint manager on %s", self.storage.root_url)
 
@@ -201,11 +207,13 @@ class CheckpointManager:
             self._saver = AsyncSaver()
         self._saver.wait()  # one save in flight, and its staging buffers are about to be reused
         started = time.perf_counter()
-        staged = self._saver.staging.snapshot(payload)  # one copy into reused (pinned for CUDA) buffers
+        # one copy into reused (pinned for CUDA) buffers; optimizers' tensors are copied in the background
+        defer = optimizer_owned(objects) if self.overlap_snapshot else frozenset()
+        staged, later = self._saver.staging.snapshot_deferred(payload, defer)
         module_bytes = pickle_module(module) if module is not None else None
         return self._saver.submit(
             lambda: write_version(self.storage, self.format, staged, module_bytes, self.retention, **args),
-            blocked_s=time.perf_counter() - started,
+            blocked_s=time.perf_counter() - started, later=later,
         )
 
     def _may_shard(self) -> bool:
@@ -322,6 +330,8 @@ class CheckpointManager:
             ChecksumMismatchError: the version is corrupt (without ``fallback``).
             UnsafeCheckpointError: loading would need arbitrary pickle.
         """
+        if self._saver is not None:  # an async save may still be copying these very objects
+            self._saver.wait_snapshot()
         try:
             versions = self.list()
         except ManifestError as exc:
