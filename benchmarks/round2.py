@@ -28,8 +28,19 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import (  # noqa: E402
-    ROWS, CallCounter, alternate, clear_versions, fmt, human, machine, make_state, moto_server, parse_size,
-    plain_save, row, state_bytes,
+    ROWS,
+    CallCounter,
+    alternate,
+    clear_versions,
+    fmt,
+    human,
+    machine,
+    make_state,
+    moto_server,
+    parse_size,
+    plain_save,
+    row,
+    state_bytes,
 )
 
 from torchckpt import CheckpointManager  # noqa: E402
@@ -205,8 +216,10 @@ def main() -> None:
             r3_s3(args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    with open("/proc/loadavg") as f:
+        load_end = f.read().split()[0]
     print(f"\ncommand: `python benchmarks/round2.py {' '.join(sys.argv[1:])}`  loadavg {info['loadavg']} -> "
-          f"{open('/proc/loadavg').read().split()[0]}\n")
+          f"{load_end}\n")
     print("| case | what | plain | torchckpt | ratio | target | met | note |")
     print("|---|---|---|---|---|---|---|---|")
     for r in ROWS:

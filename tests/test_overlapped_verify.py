@@ -51,7 +51,7 @@ def test_flipped_byte_anywhere_is_detected_and_fallback_restores_exactly(tmp_pat
     with pytest.warns(UserWarning, match="unusable"):
         ckpt = mgr.restore(model=live, fallback=True)
     assert ckpt.step == 1
-    for got, want in zip(live.parameters(), old.parameters()):
+    for got, want in zip(live.parameters(), old.parameters(), strict=True):
         assert torch.equal(got, want)
 
 
@@ -62,7 +62,7 @@ def test_a_sound_version_restores_exactly_and_leaves_no_check_behind(tmp_path: P
     live = _net(6)
     for _ in range(3):  # repeated restores: every deferred check is awaited before restore returns
         mgr.restore(model=live)
-        for got, want in zip(live.parameters(), saved.parameters()):
+        for got, want in zip(live.parameters(), saved.parameters(), strict=True):
             assert torch.equal(got, want)
 
 
