@@ -188,13 +188,15 @@ class CheckpointManager:
             if distributed.wants_sharded(self.distributed, objects, extra_clean):
                 if whole_model:
                     raise ValueError("whole_model=True is not supported for sharded (distributed) saves")
-                self.wait()
-                info = distributed.save_sharded(self.storage, self.retention, objects, extra=extra_clean, **args)
-                if run_async:  # collective: always synchronous
-                    done: Future[CheckpointInfo] = Future()
-                    done.set_result(info)
-                    return done
-                return info
+                if not run_async:
+                    self.wait()
+                    return distributed.save_sharded(self.storage, self.retention, objects, extra=extra_clean, **args)
+                self._saver = self._saver or AsyncSaver()
+                self._saver.wait()  # one save in flight; an earlier failure surfaces here, on every rank
+                started = time.perf_counter()  # blocked: choosing the id, capturing, DCP's staging copy
+                finish = distributed.begin_sharded_save(self.storage, self.retention, objects, extra=extra_clean,
+                                                        background=True, **args)
+                return self._saver.submit(finish, blocked_s=time.perf_counter() - started)
         check_safe(extra_clean, "extra")
         states = {name: capture(name, obj) for name, obj in objects.items()}
         check_safe(states, "state")
