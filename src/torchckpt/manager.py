@@ -195,7 +195,7 @@ class CheckpointManager:
                 self._saver.wait()  # one save in flight; an earlier failure surfaces here, on every rank
                 started = time.perf_counter()  # blocked: choosing the id, capturing, DCP's staging copy
                 finish = distributed.begin_sharded_save(self.storage, self.retention, objects, extra=extra_clean,
-                                                        background=True, **args)
+                                                        background=True, stage=self._saver.staging.snapshot, **args)
                 return self._saver.submit(finish, blocked_s=time.perf_counter() - started)
         check_safe(extra_clean, "extra")
         states = {name: capture(name, obj) for name, obj in objects.items()}

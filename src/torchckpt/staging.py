@@ -138,6 +138,11 @@ class StagingPool:
         return value
 
     def _stage(self, t: torch.Tensor, path: Path, used: set[Path], cuda: set[torch.device]) -> torch.Tensor:
+        if type(t).__name__ == "DTensor":  # a shard: its local tensor goes to a reused buffer, the spec is kept
+            from .formats.dcp_io import dtensor_like, is_dtensor
+
+            if is_dtensor(t):
+                return dtensor_like(self._stage(t.to_local().detach(), (*path, "<local>"), used, cuda), t)  # type: ignore[no-any-return]
         if not _stageable(t):
             return t.to("cpu", copy=True)
         is_cuda = t.device.type == "cuda"

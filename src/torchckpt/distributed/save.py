@@ -26,7 +26,16 @@ from typing import Any
 
 from .. import rng
 from ..errors import CheckpointError
-from ..formats.dcp_io import LAYOUT, METADATA_FILE, CheckpointException, Writer, dcp, dcp_error, quiet_single_process
+from ..formats.dcp_io import (
+    LAYOUT,
+    METADATA_FILE,
+    CheckpointException,
+    Prestaged,
+    Writer,
+    dcp,
+    dcp_error,
+    quiet_single_process,
+)
 from ..formats.pickling import check_safe
 from ..layout import META, new_version_id, version_dir
 from ..lifecycle import commit_version
@@ -85,6 +94,7 @@ def begin_sharded_save(
     tags: tuple[str, ...],
     extra: dict[str, Any],
     background: bool,
+    stage: Callable[[Any], Any] | None = None,
 ) -> Callable[[], CheckpointInfo]:
     """Start a sharded save; the returned function finishes it (writes what is left, commits).
 
@@ -104,6 +114,8 @@ def begin_sharded_save(
         tags: recorded tags.
         extra: JSON-able values and tensors stored beside the state.
         background: stage now, write and commit in the returned function.
+        stage: with ``background``, makes the host copy (e.g. ``StagingPool.snapshot``: buffers reused
+            across saves); None: DCP's own staging (fresh buffers every save).
 
     Returns:
         A function (every rank calls it) returning the committed version's record.
@@ -155,8 +167,11 @@ def begin_sharded_save(
     try:
         with quiet_single_process(not group.active):
             if background:  # stages (copies) the state now; writes on DCP's thread
+                stager = None
+                if stage is not None:
+                    state, stager = stage(state), Prestaged()
                 pending = dcp.async_save(state, storage_writer=fs_writer, process_group=side.group,
-                                         no_dist=not group.active)
+                                         no_dist=not group.active, async_stager=stager)
             else:
                 dcp.save(state, storage_writer=fs_writer, no_dist=not group.active)
     except (Exception, CheckpointException) as exc:
