@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from .errors import AsyncSaveError
 
 if TYPE_CHECKING:
-    from .staging import LaterCopies
+    from .staging import LaterCopies, StagingPool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,6 +92,24 @@ class AsyncSaver:
         fut = self._pool.submit(run)
         self._pending = fut
         return fut
+
+    def start(self, stage: Callable[[StagingPool], tuple[Callable[[], T], LaterCopies | None]]) -> Future[T]:
+        """Wait for the save in flight, stage the next on the caller's thread, write it on the worker.
+
+        Args:
+            stage: given this saver's buffer pool, copies the state (on the caller's thread) and returns
+                the write to run in the background and the copies it left for the worker (or None).
+
+        Returns:
+            The future of the write's result.
+
+        Raises:
+            AsyncSaveError: an earlier background save failed (on every rank, for sharded saves).
+        """
+        self.wait()  # one save in flight, and its staging buffers are about to be reused
+        started = time.perf_counter()
+        write, later = stage(self.staging)
+        return self.submit(write, blocked_s=time.perf_counter() - started, later=later)
 
     def wait_snapshot(self) -> None:
         """Block until the in-flight save's deferred snapshot is copied (training may then change the state)."""

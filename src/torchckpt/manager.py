@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import timedelta
 from typing import Any
@@ -39,6 +38,7 @@ from .records import Checkpoint, CheckpointInfo
 from .retention import RetentionPolicy
 from .restoring import load_whole_model, read_objects, restore_into
 from .saving import PAYLOAD_VERSION, clean_metrics, pickle_module, write_version
+from .staging import LaterCopies, StagingPool
 from .selectors import Selector, best, resolve
 from .storage import open_storage
 
@@ -74,10 +74,8 @@ class CheckpointManager:
             async_save: ``save`` returns a future and writes in the background.
             read_only: every write raises ``ReadOnlyError`` (evaluators).
             distributed: True: every save is a collective sharded save; None: when the state is sharded.
-            overlap_snapshot: async saves copy the saved optimizers' parameters and state in the
-                background while training runs its next forward/backward; the next optimizer ``step``
-                waits for that copy (CheckFreq). Until then parameters may change only through an
-                optimizer step: a change elsewhere fails that save (``SnapshotChangedError``).
+            overlap_snapshot: async saves copy saved optimizers' parameters and state while training goes on;
+                the next ``optimizer.step()`` waits for the copy (docs/getting-started.md).
 
         Raises:
             StorageError: the root cannot be reached or used (missing bucket, a file in the way).
@@ -191,12 +189,10 @@ class CheckpointManager:
                 if not run_async:
                     self.wait()
                     return distributed.save_sharded(self.storage, self.retention, objects, extra=extra_clean, **args)
-                self._saver = self._saver or AsyncSaver()
-                self._saver.wait()  # one save in flight; an earlier failure surfaces here, on every rank
-                started = time.perf_counter()  # blocked: choosing the id, capturing, DCP's staging copy
-                finish = distributed.begin_sharded_save(self.storage, self.retention, objects, extra=extra_clean,
-                                                        background=True, stage=self._saver.staging.snapshot, **args)
-                return self._saver.submit(finish, blocked_s=time.perf_counter() - started)
+                self._saver = self._saver or AsyncSaver()  # blocked: id, capture, the shards' staging copy
+                return self._saver.start(lambda pool: (distributed.begin_sharded_save(
+                    self.storage, self.retention, objects, extra=extra_clean, background=True, stage=pool.snapshot,
+                    **args), None))
         check_safe(extra_clean, "extra")
         states = {name: capture(name, obj) for name, obj in objects.items()}
         check_safe(states, "state")
@@ -205,18 +201,15 @@ class CheckpointManager:
         if not run_async:
             self.wait()
             return write_version(self.storage, self.format, payload, module, self.retention, **args)
-        if self._saver is None:
-            self._saver = AsyncSaver()
-        self._saver.wait()  # one save in flight, and its staging buffers are about to be reused
-        started = time.perf_counter()
-        # one copy into reused (pinned for CUDA) buffers; optimizers' tensors are copied in the background
-        defer = optimizer_owned(objects) if self.overlap_snapshot else frozenset()
-        staged, later = self._saver.staging.snapshot_deferred(payload, defer)
-        module_bytes = pickle_module(module) if module is not None else None
-        return self._saver.submit(
-            lambda: write_version(self.storage, self.format, staged, module_bytes, self.retention, **args),
-            blocked_s=time.perf_counter() - started, later=later,
-        )
+        defer = optimizer_owned(objects) if self.overlap_snapshot else frozenset()  # copied in the background
+
+        def stage(pool: StagingPool) -> tuple[Callable[[], CheckpointInfo], LaterCopies]:
+            staged, later = pool.snapshot_deferred(payload, defer)  # reused (pinned for CUDA) buffers
+            module_bytes = pickle_module(module) if module is not None else None
+            return lambda: write_version(self.storage, self.format, staged, module_bytes, self.retention, **args), later
+
+        self._saver = self._saver or AsyncSaver()
+        return self._saver.start(stage)
 
     def _may_shard(self) -> bool:
         """Cheap pre-check, so single-process users never pay DCP's ~0.7 s import."""
@@ -287,8 +280,7 @@ class CheckpointManager:
             map_location: like ``torch.load``'s; None keeps available devices and falls back to the CPU.
             verify: check sizes and checksums first.
             trust_pickle: allow arbitrary pickle (only for sources you trust).
-            objects: only these saved objects (e.g. ``["model"]``); versions that store objects in
-                files of their own then read and verify only those files. None: every object.
+            objects: only these saved objects (``["model"]``): only their files are read where stored apart.
 
         Raises:
             CheckpointNotFoundError: no such version.
@@ -332,8 +324,7 @@ class CheckpointManager:
             ChecksumMismatchError: the version is corrupt (without ``fallback``).
             UnsafeCheckpointError: loading would need arbitrary pickle.
         """
-        if self._saver is not None:  # an async save may still be copying these very objects
-            self._saver.wait_snapshot()
+        self._saver and self._saver.wait_snapshot()  # an async save may still be copying these objects
         try:
             versions = self.list()
         except ManifestError as exc:
