@@ -111,11 +111,16 @@ class AsyncSaver:
         write, later = stage(self.staging)
         return self.submit(write, blocked_s=time.perf_counter() - started, later=later)
 
-    def wait_snapshot(self) -> None:
-        """Block until the in-flight save's deferred snapshot is copied (training may then change the state)."""
+    def wait_snapshot(self) -> bool:
+        """Block until the in-flight save's deferred snapshot is copied (training may then change the state).
+
+        Returns:
+            Whether a deferred snapshot was (or had been) started by the latest save.
+        """
         done = self._snapshot_done
         if done is not None:
             done.wait()
+        return done is not None
 
     def _hook_optimizer_steps(self) -> None:
         if self._step_hook is not None:

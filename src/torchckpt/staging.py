@@ -142,7 +142,8 @@ class StagingPool:
             from .formats.dcp_io import dtensor_like, is_dtensor
 
             if is_dtensor(t):
-                return dtensor_like(self._stage(t.to_local().detach(), (*path, "<local>"), used, cuda), t)  # type: ignore[no-any-return]
+                local = t.to_local().detach()  # type: ignore[attr-defined]
+                return dtensor_like(self._stage(local, (*path, "<local>"), used, cuda), t)  # type: ignore[no-any-return]
         if not _stageable(t):
             return t.to("cpu", copy=True)
         is_cuda = t.device.type == "cuda"

@@ -213,9 +213,9 @@ class S3MultipartWriter(io.RawIOBase):
                 body = ChainReader([*self._held, tail])
                 _call(self.fs, "put_object", Bucket=self.bucket, Key=self.key, Body=body, ContentLength=len(body))
             else:
-                tail = bytes(tail)  # the filling buffer returns to the pool
-                if tail:
-                    self._submit_part(tail, bytearray())
+                rest = bytes(tail)  # the filling buffer returns to the pool
+                if rest:
+                    self._submit_part(rest, bytearray())
                 while self._inflight:
                     self._reap(block=True)
                 parts = sorted(self._parts, key=lambda p: p["PartNumber"])
