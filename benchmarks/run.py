@@ -358,8 +358,8 @@ def s3_cases(args: argparse.Namespace, size: int, only: set[str]) -> None:
     import boto3
     import s3fs
 
-    from torchckpt.storage import s3_transfer
     from torchckpt.hashing import checksum_bytes
+    from torchckpt.storage import s3_transfer
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
