@@ -93,7 +93,8 @@ def _rank(rank: int, world: int, init: str, root: str, mb: float, layers: int, r
             step(full_model, full_opt)
             single = CheckpointManager(os.path.join(root, "single"), retention=RetentionPolicy(keep_last=1),
                                        distributed=False)
-        times, single_times = [], []
+        times, single_times, blocked, background = [], [], [], []
+        amgr = CheckpointManager(os.path.join(root, "ranks-async"), retention=RetentionPolicy(keep_last=1))
         for i in range(repeat):  # interleaved, so that both see the same machine load
             dist.barrier()
             if rank == 0:
@@ -106,23 +107,39 @@ def _rank(rank: int, world: int, init: str, root: str, mb: float, layers: int, r
             elapsed = torch.tensor([time.perf_counter() - t0])
             dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
             times.append(float(elapsed))
+            dist.barrier()  # blocking=False: the caller's block (staging) and the whole background save
+            t0 = time.perf_counter()
+            fut = amgr.save(i, blocking=False, model=model, optimizer=opt)
+            took = [time.perf_counter() - t0]
+            fut.result()
+            took.append(time.perf_counter() - t0)
+            both = torch.tensor(took)
+            dist.all_reduce(both, op=dist.ReduceOp.MAX)
+            blocked.append(float(both[0]))
+            background.append(float(both[1]))
         if rank == 0:
             with open(out, "w") as f:
                 json.dump({"median": statistics.median(times), "single": statistics.median(single_times),
-                           "files": sorted(mgr.latest().files)}, f)
+                           "files": sorted(mgr.latest().files), "blocked": blocked, "async_total": background,
+                           "sync": times}, f)
+        amgr.close()
     finally:
         dist.destroy_process_group()
     sys.stdout.flush()
     os._exit(0)  # skip teardown: a process-group thread still joinable at exit can abort the process
 
 
-def time_ranks(root: str, world: int, mb: float, layers: int, repeat: int) -> tuple[float, float, list[str]]:
+def time_ranks(root: str, world: int, mb: float, layers: int, repeat: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
         mp.spawn(_rank, args=(world, os.path.join(tmp, "init"), root, mb, layers, repeat, out), nprocs=world)
         with open(out) as f:
-            res = json.load(f)
-    return res["median"], res["single"], res["files"]
+            res: dict[str, Any] = json.load(f)
+    return res
+
+
+def _fmt(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} s [{min(values):.3f}-{max(values):.3f}]"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         model, _ = build(args.mb, args.layers)
         print(f"state: {state_mb(model):.0f} MB ({args.layers} layers), torch {torch.__version__}, "
               f"{os.cpu_count()} CPU(s), root {base}")
-        ranks, single, files = time_ranks(base, args.world, args.mb, args.layers, args.repeat)
+        res = time_ranks(base, args.world, args.mb, args.layers, args.repeat)
+        ranks, single, files = res["median"], res["single"], res["files"]
         single_dcp = time_single(os.path.join(base, "single-dcp"), args.mb, args.layers, args.repeat, True)
         mb = state_mb(model)
         print(f"1 process, state.pt:          {single:7.3f} s  ({mb / single:6.0f} MB/s)")
@@ -146,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
               f"  files: {', '.join(files)}")
         print(f"ratio {args.world}-rank / 1-process state.pt: {ranks / single:.2f}x; "
               f"{args.world}-rank / 1-process DCP: {ranks / single_dcp:.2f}x")
+        blocked = statistics.median(res["blocked"])
+        print(f"{args.world} ranks, DCP, blocking=False: caller blocked {_fmt(res['blocked'])} (slowest rank), "
+              f"whole save {_fmt(res['async_total'])}; sync sharded save {_fmt(res['sync'])}; "
+              f"blocked / sync = {blocked / statistics.median(res['sync']) * 100:.0f}%")
     sys.stdout.flush()
 
 

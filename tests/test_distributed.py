@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from torchckpt import CheckpointManager, RetentionPolicy
-from torchckpt.errors import CheckpointError, ChecksumMismatchError, MissingObjectError
+from torchckpt.errors import AsyncSaveError, CheckpointError, ChecksumMismatchError, MissingObjectError
 
 WORLD = 2
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch without torch.distributed")
@@ -186,6 +186,42 @@ def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_di
         # 4. retention runs on rank 0 only (keep_last=2): step 1 goes, everyone sees the same list
         mgr.save(4, model=model, optimizer=opt2, epoch=2, extra=extra(4))
         assert [v.step for v in mgr.list()] == [2, 4]
+
+        # 4b. blocking=False: save returns after staging; the version is the state at the call, bit-exact
+        amgr = CheckpointManager(f"{url.rstrip('/')}/async", storage_options=options or None)
+        _train_step(model, opt2, 5.0)
+        want = _expected(model, opt2)
+        fut = amgr.save(5, blocking=False, model=model, optimizer=opt2, extra=extra(5))
+        with torch.no_grad():  # training goes on at once
+            for p in model.parameters():
+                p.add_(1000.0)
+        info5 = fut.result()
+        assert info5.layout == "dcp" and [v.step for v in amgr.list()] == [5]
+        opt3 = torch.optim.Adam(model.parameters(), lr=0.01)
+        amgr.restore(model=model, optimizer=opt3)
+        _check_equal(model, opt3, want)
+        # a background failure on one rank surfaces on the next call, on every rank, and commits nothing
+        if rank == 1:
+            def failing_bg(self: Any, data: Any) -> int:
+                if self.size > 0:
+                    raise OSError("injected background failure")
+                return real_write(self, data)
+
+            HashingWriter.write = failing_bg  # type: ignore[method-assign]
+        try:
+            amgr.save(6, blocking=False, model=model, optimizer=opt3)
+            try:
+                amgr.wait()
+            except AsyncSaveError:
+                surfaced = True
+            else:
+                surfaced = False
+        finally:
+            HashingWriter.write = real_write  # type: ignore[method-assign]
+        assert surfaced, "a failed background save must surface on every rank"
+        dist.barrier()
+        assert [v.step for v in amgr.list()] == [5]
+        amgr.close()
 
         # 5. resharding 1 -> 2: a version one process saved through DCP, restored into the shards
         single = CheckpointManager(single_url)

@@ -201,6 +201,7 @@ def test_async_failure_surfaces_on_next_call(local_backend: Any, monkeypatch: py
 def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(s3_transfer, "PART_SIZE", 5 * MiB)  # S3's (and moto's) minimum
     monkeypatch.setattr(s3_transfer, "CONCURRENCY", 2)
+    monkeypatch.setattr(s3_transfer, "SINGLE_PUT_MAX", 0)  # multipart from the first full part
 
 
 def _s3fs(backend: Any) -> Any:
@@ -243,6 +244,49 @@ def test_small_object_is_one_put(s3_backend: Any, small_parts: None, monkeypatch
     assert calls == ["put_object"]
     monkeypatch.undo()
     assert fs.cat_file(f"{bucket}/raw/small") == b"x" * 1000
+
+
+@pytest.mark.parametrize("size", [3 * 5 * MiB + 777, 4 * 5 * MiB + 777])
+def test_single_put_window_holds_parts_then_goes_multipart(
+    s3_backend: Any, small_parts: None, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Below the window one PUT from the held part buffers; above it multipart starting with them."""
+    monkeypatch.setattr(s3_transfer, "SINGLE_PUT_MAX", 4 * 5 * MiB)  # 4 parts: one PUT below 20 MiB
+    fs = _s3fs(s3_backend)
+    bucket = s3_backend.url[5:].split("/")[0]
+    calls: list[str] = []
+    real = fs._call_s3
+
+    async def counting(method: str, *a: Any, **k: Any) -> Any:
+        calls.append(method)
+        return await real(method, *a, **k)
+
+    monkeypatch.setattr(fs, "_call_s3", counting)
+    data = os.urandom(size)
+    path = f"{bucket}/raw/window"
+    with s3_transfer.S3MultipartWriter(fs, path) as w:
+        for o in range(0, len(data), MiB + 7):
+            w.write(memoryview(data)[o : o + MiB + 7])
+    monkeypatch.undo()
+    assert w.max_buffers <= w.pool_size == 4
+    if size < 4 * 5 * MiB:
+        assert calls == ["put_object"]
+    else:
+        assert calls[0] == "create_multipart_upload" and calls[-1] == "complete_multipart_upload"
+        assert calls.count("upload_part") == 5
+    assert fs.cat_file(path) == data
+    assert _uploads(fs, bucket) == []
+
+
+def test_chain_reader_reads_and_seeks_across_segments() -> None:
+    parts = [b"abc", bytearray(b""), memoryview(b"defgh"), b"ij"]
+    r = s3_transfer.ChainReader(parts)
+    assert len(r) == 10 and r.read() == b"abcdefghij"
+    r.seek(2)
+    assert r.read(4) == b"cdef"
+    buf = bytearray(10)
+    assert r.readinto(buf) == 4 and bytes(buf[:4]) == b"ghij"
+    assert r.seek(0, 2) == 10 and r.read(3) == b""
 
 
 def test_multipart_failure_aborts_and_commits_nothing(

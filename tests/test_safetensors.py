@@ -273,3 +273,29 @@ def test_large_file_on_s3_uses_ranged_fetch(s3_backend: Any, monkeypatch: Any) -
     mgr.storage.fs.pipe_file(mgr.storage.path(rel), bytes(data[: 1 << 20]))
     with pytest.raises(ChecksumMismatchError, match="model.safetensors"):
         mgr.load()
+
+
+def test_local_read_is_a_private_map_that_training_may_write(tmp_path: Any) -> None:
+    """Restored tensors view the file's pages (no read copy) yet writes to them never reach the file."""
+    model, opt, _ = _trained()
+    mgr = CheckpointManager(tmp_path / "ck", format="safetensors")
+    info = mgr.save(1, model=model, optimizer=opt)
+    state = mgr.load()
+    exp_avg = state["optimizer"]["state"][0]["exp_avg"]
+    saved = exp_avg.clone()
+    exp_avg.add_(1.0)  # what an optimizer step does to a restored state: must not crash nor touch the file
+    exp_avg.zero_()
+    assert mgr.verify(info.version).ok
+    assert torch.equal(mgr.load()["optimizer"]["state"][0]["exp_avg"], saved)
+
+
+def test_local_mapped_read_still_detects_a_flipped_byte(tmp_path: Any) -> None:
+    model, opt, _ = _trained()
+    mgr = CheckpointManager(tmp_path / "ck", format="safetensors")
+    info = mgr.save(1, model=model, optimizer=opt)
+    path = tmp_path / "ck" / "versions" / info.version / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatchError):
+        mgr.restore(model=TiedLM())

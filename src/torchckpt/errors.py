@@ -53,6 +53,14 @@ class UploadError(AsyncSaveError):
     """Versions committed in a cache tier could not be uploaded to the root; they stay in the cache."""
 
 
+class SnapshotChangedError(CheckpointError):
+    """A tensor an async save was still copying in the background was changed in place (not by an optimizer step).
+
+    Raised inside the background save; the next save, ``wait()`` or ``close()`` raises
+    ``AsyncSaveError`` from it.
+    """
+
+
 class MissingObjectError(CheckpointError, KeyError):
     """restore() was given an object name that the version did not save."""
 
@@ -82,4 +90,5 @@ __all__ = [
     "MissingObjectError",
     "NameConflictError",
     "NoMatchingKeysError",
+    "SnapshotChangedError",
 ]

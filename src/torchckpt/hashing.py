@@ -6,8 +6,13 @@ network, and is what ``meta.json`` records as ``"xxh3_128:<hex>"``.
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Mapping
+import mmap
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
 from typing import IO, Any, BinaryIO, Callable
 
 import xxhash
@@ -26,7 +31,7 @@ def digest_of(hasher: "xxhash.xxh3_128") -> str:
     return f"{ALGORITHM}:{hasher.hexdigest()}"
 
 
-def checksum_bytes(data: bytes | memoryview) -> str:
+def checksum_bytes(data: bytes | bytearray | memoryview | mmap.mmap) -> str:
     return f"{ALGORITHM}:{xxhash.xxh3_128_hexdigest(data)}"
 
 
@@ -45,7 +50,6 @@ def checksum_file(path: str) -> tuple[str, int]:
     No copy into user buffers, and the pages it faults in are the page-cache pages a
     following ``torch.load(mmap=True)`` maps again, so verify-then-load reads the disk once.
     """
-    import mmap
     import os
 
     h = new_hasher()
@@ -82,6 +86,75 @@ def verify_record(url: str, expected: Mapping[str, Any], actual: str, size: int)
         raise ChecksumMismatchError(url, f"{want} ({expected.get('size')} bytes)", f"{actual} ({size} bytes)")
     if want and want != actual:
         raise ChecksumMismatchError(url, want, actual)
+
+
+_PENDING: ContextVar[list[Future[None]] | None] = ContextVar("torchckpt_pending_checks", default=None)
+_POOL: list[ThreadPoolExecutor] = []
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    with _POOL_LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="torchckpt-verify"))
+        return _POOL[0]
+
+
+def check_later(url: str, expected: Mapping[str, Any], compute: Callable[[], tuple[str, int]]) -> None:
+    """Verify a file now, or, inside ``overlapped_checks()``, on a worker thread while the caller goes on.
+
+    Args:
+        url: the file, for the error message.
+        expected: its record's ``{"size", "checksum"}``.
+        compute: returns ``(checksum, size)`` of the bytes (xxhash releases the GIL while hashing).
+
+    Raises:
+        ChecksumMismatchError: (when not deferred) the bytes differ from the record.
+    """
+
+    def run() -> None:
+        actual, size = compute()
+        verify_record(url, expected, actual, size)
+
+    pending = _PENDING.get()
+    if pending is None:
+        run()
+    else:
+        pending.append(_pool().submit(run))
+
+
+@contextlib.contextmanager
+def overlapped_checks() -> Iterator[None]:
+    """Let ``check_later`` hash in the background while the block uses the bytes; all checks end with it.
+
+    The block may use bytes before their checksum is known (that is the point:
+    hashing overlaps loading and copying). Leaving it waits for every check; the
+    first mismatch is raised, also when the block itself failed (corrupt bytes
+    often fail to load first: the mismatch is the real cause).
+
+    Raises:
+        ChecksumMismatchError: a check started in the block failed.
+    """
+    pending: list[Future[None]] = []
+    token = _PENDING.set(pending)
+    try:
+        yield
+    except BaseException as exc:
+        _PENDING.reset(token)
+        _raise_first_failure(pending, exc)
+        raise
+    _PENDING.reset(token)
+    _raise_first_failure(pending, None)
+
+
+def _raise_first_failure(pending: list[Future[None]], cause: BaseException | None) -> None:
+    failure: BaseException | None = None
+    for future in pending:
+        exc = future.exception()
+        if exc is not None and failure is None:
+            failure = exc
+    if failure is not None:
+        raise failure from cause
 
 
 class HashingWriter(io.RawIOBase):

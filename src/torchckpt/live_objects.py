@@ -75,6 +75,24 @@ def match_module_state(
     return state, check_keys(name, state, target_keys, strict)
 
 
+def optimizer_owned(objects: Mapping[str, Any]) -> frozenset[int]:
+    """Data pointers of the CPU tensors only an optimizer step changes: saved optimizers' parameters and state.
+
+    An async save may copy these after it returns (the next ``step`` waits for the copy).
+    Parameters of a module saved without its optimizer are not among them: something
+    else (an EMA update, say) may change them.
+    """
+    ptrs: set[int] = set()
+    for obj in objects.values():
+        if not isinstance(obj, torch.optim.Optimizer):
+            continue
+        tensors = [p for group in obj.param_groups for p in group["params"]]
+        tensors += [t for s in obj.state.values() if isinstance(s, Mapping) for t in s.values()]
+        ptrs.update(t.data_ptr() for t in tensors if isinstance(t, torch.Tensor) and t.device.type == "cpu")
+    ptrs.discard(0)
+    return frozenset(ptrs)
+
+
 def load_into(name: str, obj: Any, state: Any, strict: bool) -> None:
     """Put ``state`` into the live object ``obj`` in place.
 

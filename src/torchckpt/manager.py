@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, Literal, overload
 
@@ -33,13 +32,14 @@ from .formats import SAVE_FORMATS
 from .formats.devices import MapLocation
 from .formats.pickling import check_safe
 from .layout import check_version_name
-from .live_objects import capture
+from .live_objects import capture, optimizer_owned
 from .maintenance import VerifyReport
 from .records import Checkpoint, CheckpointInfo
-from .restoring import Copies, load_whole_model, read_first, read_payload, restore_into
+from .restoring import Copies, load_whole_model, read_first, read_objects, read_payload, restore_into
 from .retention import RetentionPolicy
 from .saving import PAYLOAD_VERSION, check_save_args, clean_metrics, pickle_module, write_version
 from .selectors import Selector, best, resolve, restore_candidates
+from .staging import LaterCopies, StagingPool
 from .storage import open_storage
 from .tiers import SHARDED_REFUSAL, Tiers
 from .training.loop import TrainingLoop
@@ -71,6 +71,7 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
         save_every_steps: int | None = None,
         save_every_seconds: float | None = None,
         preemption_signals: Iterable[int | signal.Signals] = (),
+        overlap_snapshot: bool = False,
     ) -> None:
         """Open (and, unless read-only, create) a checkpoint root.
 
@@ -90,6 +91,8 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
             save_every_steps: ``should_save`` is True at positive multiples of this step.
             save_every_seconds: ``should_save`` is True when this many seconds passed since the last commit.
             preemption_signals: install flag-only handlers (main thread); ``should_save`` is True after one.
+            overlap_snapshot: async saves copy saved optimizers' parameters and state while training goes on;
+                the next ``optimizer.step()`` waits for the copy (docs/getting-started.md).
 
         Raises:
             StorageError: the root or the cache cannot be reached or used (missing bucket, a file in the way).
@@ -110,6 +113,7 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
         self.async_save = async_save
         self.read_only = read_only
         self.distributed = distributed
+        self.overlap_snapshot = overlap_snapshot
         self._saver: AsyncSaver | None = None
         if cache is not None and distributed:
             raise ValueError(SHARDED_REFUSAL)
@@ -222,14 +226,17 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
                     raise ValueError(SHARDED_REFUSAL)
                 if whole_model or name is not None:
                     raise ValueError("whole_model=True and name= are not supported for sharded (distributed) saves")
-                self.wait()
-                info = distributed.save_sharded(self.storage, self.retention, objects, extra=extra_clean, **args)
-                self.schedule.save_committed()
-                if run_async:  # collective: always synchronous
-                    done: Future[CheckpointInfo] = Future()
-                    done.set_result(info)
-                    return done
-                return info
+                if not run_async:
+                    self.wait()
+                    info = distributed.save_sharded(self.storage, self.retention, objects, extra=extra_clean, **args)
+                    self.schedule.save_committed()
+                    return info
+                self._saver = self._saver or AsyncSaver()  # blocked: id, capture, the shards' staging copy
+                sharded = self._saver.start(lambda pool: (distributed.begin_sharded_save(
+                    self.storage, self.retention, objects, extra=extra_clean, background=True, stage=pool.snapshot,
+                    **args), None))
+                sharded.add_done_callback(lambda _: self.schedule.save_committed())
+                return sharded
             if skips_replicated_write(self.distributed):  # replicated state: rank 0 writes it
                 self.schedule.save_committed()
                 return None
@@ -244,14 +251,15 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
             info = self._write(payload, module, args)
             self.schedule.save_committed()
             return info
-        if self._saver is None:
-            self._saver = AsyncSaver()
-        self._saver.wait()  # one save in flight, and its staging buffers are about to be reused
-        started = time.perf_counter()
-        staged = self._saver.staging.snapshot(payload)  # one copy into reused (pinned for CUDA) buffers
-        module_bytes = pickle_module(module) if module is not None else None
-        future = self._saver.submit(lambda: self._write(staged, module_bytes, args),
-                                    blocked_s=time.perf_counter() - started)
+        defer = optimizer_owned(objects) if self.overlap_snapshot else frozenset()  # copied in the background
+
+        def stage(pool: StagingPool) -> tuple[Callable[[], CheckpointInfo], LaterCopies]:
+            staged, later = pool.snapshot_deferred(payload, defer)  # reused (pinned for CUDA) buffers
+            module_bytes = pickle_module(module) if module is not None else None
+            return lambda: self._write(staged, module_bytes, args), later
+
+        self._saver = self._saver or AsyncSaver()
+        future = self._saver.start(stage)
         future.add_done_callback(lambda _: self.schedule.save_committed())
         return future
 
@@ -322,7 +330,7 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
 
     def load(
         self, version: Selector = "latest", *, map_location: MapLocation = None, verify: bool = True,
-        trust_pickle: bool = False,
+        trust_pickle: bool = False, objects: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """The saved state as a plain dict (object name -> state); nothing is loaded in place.
 
@@ -331,15 +339,17 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
             map_location: like ``torch.load``'s; None keeps available devices and falls back to the CPU.
             verify: check sizes and checksums first.
             trust_pickle: allow arbitrary pickle (only for sources you trust).
+            objects: only these saved objects (``["model"]``): only their files are read where stored apart.
 
         Raises:
             CheckpointNotFoundError: no such version.
             ChecksumMismatchError: a file is corrupt or missing.
             UnsafeCheckpointError: loading would need arbitrary pickle.
+            MissingObjectError: ``objects`` names an object the version did not save.
         """
-        payload = read_first(self._copies(self.resolve(version)), lambda s, i: read_payload(
-            s, i, map_location=map_location, verify=verify, trust_pickle=trust_pickle, is_listed=self._is_listed))
-        return payload["objects"]
+        return read_first(self._copies(self.resolve(version)), lambda s, i: read_objects(
+            s, i, map_location=map_location, verify=verify, trust_pickle=trust_pickle, is_listed=self._is_listed,
+            objects=objects))
 
     def _copies(self, info: CheckpointInfo) -> Copies:
         """Where to read a version from: the cache first (when it holds it), then the root."""
@@ -390,6 +400,7 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
             UnsafeCheckpointError: loading would need arbitrary pickle.
             NoMatchingKeysError: a module would load none of its keys (``strict=False``).
         """
+        self._saver and self._saver.wait_snapshot()  # an async save may still be copying these objects
         try:
             versions = self.list()
         except ManifestError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, TypeVar
 
 import torch
@@ -25,6 +25,7 @@ from .errors import (
 from .formats import format_of
 from .formats.devices import MapLocation
 from .formats.pickling import MODULE_FILE, load_from
+from .hashing import overlapped_checks
 from .layout import version_file
 from .live_objects import load_into, match_module_state
 from .records import Checkpoint, CheckpointInfo
@@ -77,6 +78,7 @@ def read_payload(
     verify: bool,
     trust_pickle: bool,
     is_listed: Callable[[str], bool],
+    objects: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """A version's payload through its format, a vanished file reported as corruption.
 
@@ -87,6 +89,7 @@ def read_payload(
         verify: check sizes and checksums.
         trust_pickle: allow arbitrary pickle.
         is_listed: whether a version id is still listed (tells "pruned meanwhile" from "damaged").
+        objects: read only these saved objects (None: all); see ``Format.read``.
 
     Raises:
         CheckpointNotFoundError: the version was removed while loading.
@@ -94,7 +97,8 @@ def read_payload(
         UnsafeCheckpointError: loading would need arbitrary pickle.
     """
     try:
-        return format_of(info).read(storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle)
+        return format_of(info).read(storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle,
+                                    objects=objects)
     except FileNotFoundError as exc:  # a listed version lost a data file: as corrupt as a bad checksum
         if not is_listed(info.version):
             raise CheckpointNotFoundError(
@@ -105,6 +109,49 @@ def read_payload(
         )
         expected = str(info.files.get(name, {}).get("checksum", "a recorded file"))
         raise ChecksumMismatchError(f"{info.url}/{name}", expected, "no such file") from exc
+
+
+def read_objects(
+    storage: Storage,
+    info: CheckpointInfo,
+    *,
+    map_location: MapLocation,
+    verify: bool,
+    trust_pickle: bool,
+    is_listed: Callable[[str], bool],
+    objects: Collection[str] | None,
+) -> dict[str, Any]:
+    """The saved objects of a version (``load``): all, or only the named ones.
+
+    Args:
+        storage: the root.
+        info: the version.
+        map_location: device remapping.
+        verify: check sizes and checksums of what is read.
+        trust_pickle: allow arbitrary pickle.
+        is_listed: see ``read_payload``.
+        objects: the names to read (None: every saved object).
+
+    Returns:
+        Object name -> saved state, in saved order.
+
+    Raises:
+        MissingObjectError: a name the version did not save.
+        ChecksumMismatchError: a file read is corrupt or missing.
+    """
+    if objects is not None:
+        objects = list(objects)
+        unknown = [n for n in objects if info.objects and n not in info.objects]
+        if unknown:
+            raise MissingObjectError(
+                f"version {info.version} has no {', '.join(unknown)}; it saved: {', '.join(info.objects)}"
+            )
+    states: dict[str, Any] = read_payload(storage, info, map_location=map_location, verify=verify,
+                                          trust_pickle=trust_pickle, is_listed=is_listed, objects=objects)["objects"]
+    missing = [n for n in objects or () if n not in states]
+    if missing:
+        raise MissingObjectError(f"version {info.version} has no {', '.join(missing)}; it saved: {', '.join(states)}")
+    return states
 
 
 def restore_into(
@@ -161,8 +208,16 @@ def restore_into(
                 )
                 log.info("restored sharded %s from %s", info.version, storage.root_url)
                 return ckpt
-            payload = read_first(copies(info) if copies else [(storage, info)], lambda s, i: read_payload(
-                s, i, map_location=map_location, verify=verify, trust_pickle=trust_pickle, is_listed=is_listed))
+            wanted = list(objects) if objects and info.objects else None  # None: read everything
+
+            def read_and_load(src: Storage, version: CheckpointInfo) -> tuple[Storage, dict[str, Any], Loaded]:
+                with overlapped_checks():  # local files are hashed on a worker thread while we copy them in
+                    payload = read_payload(src, version, map_location=map_location, verify=verify,
+                                           trust_pickle=trust_pickle, is_listed=is_listed, objects=wanted)
+                    loaded = _load_objects(version, payload["objects"], objects, strict, key_map)
+                return src, payload, loaded
+
+            source, payload, loaded = read_first(copies(info) if copies else [(storage, info)], read_and_load)
             break
         except (UnsafeCheckpointError, MissingObjectError):
             raise
@@ -173,24 +228,62 @@ def restore_into(
             log.warning("restore fallback: %s unusable: %s", info.version, exc)
     else:
         raise CheckpointNotFoundError(f"no version under {storage.root_url} could be restored")
+    missing_keys, unexpected_keys, problem = loaded
+    if problem is not None:  # the bytes were sound: a mismatch between the state and the live object
+        raise problem
     states = payload["objects"]
-    missing = [name for name in objects if name not in states]
-    if missing:
-        raise MissingObjectError(
-            f"version {info.version} has no {', '.join(missing)}; it saved: {', '.join(states) or 'nothing'}"
-        )
+    if wanted is not None:
+        chosen, chosen_storage = info, source
+
+        def read_one(name: str) -> Any:
+            return read_payload(chosen_storage, chosen, map_location=map_location, verify=verify,
+                                trust_pickle=trust_pickle, is_listed=is_listed, objects=[name])["objects"][name]
+
+        states = SavedStates(states, info.objects, read_one)
     ckpt = Checkpoint(info=info, state=states, extra=payload.get("extra", {}))
-    to_load = dict(states)
-    for name, obj in objects.items():  # match every module's keys before loading anything
-        if isinstance(obj, torch.nn.Module):
-            to_load[name], report = match_module_state(name, obj, states[name], strict, key_map)
-            ckpt.missing_keys[name], ckpt.unexpected_keys[name] = report.missing, report.unexpected
-    for name, obj in objects.items():
-        load_into(name, obj, to_load[name], strict)
+    ckpt.missing_keys.update(missing_keys)
+    ckpt.unexpected_keys.update(unexpected_keys)
     if restore_rng and payload.get("rng"):
         rng.restore(payload["rng"])
     log.info("restored %s from %s", info.version, storage.root_url)
     return ckpt
+
+
+#: What loading into the live objects found: missing keys, unexpected keys (by module name), a load failure.
+Loaded = tuple[dict[str, list[str]], dict[str, list[str]], Exception | None]
+
+
+def _load_objects(
+    info: CheckpointInfo, states: Mapping[str, Any], objects: Mapping[str, Any], strict: bool,
+    key_map: KeyMap | None,
+) -> Loaded:
+    """Load each state into its live object; a loading failure is returned, to raise once the bytes are verified.
+
+    Every module's keys are matched (wrappers, prefixes, ``key_map``) before anything is loaded, so a
+    module that would load no key stops the restore before any object changed.
+
+    Raises:
+        MissingObjectError: a name was given that the version did not save.
+    """
+    missing = [name for name in objects if name not in states]
+    if missing:
+        saved = info.objects or tuple(states)
+        raise MissingObjectError(
+            f"version {info.version} has no {', '.join(missing)}; it saved: {', '.join(saved) or 'nothing'}"
+        )
+    missing_keys: dict[str, list[str]] = {}
+    unexpected_keys: dict[str, list[str]] = {}
+    try:
+        to_load = dict(states)
+        for name, obj in objects.items():
+            if isinstance(obj, torch.nn.Module):
+                to_load[name], report = match_module_state(name, obj, states[name], strict, key_map)
+                missing_keys[name], unexpected_keys[name] = report.missing, report.unexpected
+        for name, obj in objects.items():
+            load_into(name, obj, to_load[name], strict)
+    except Exception as exc:  # key mismatches, shapes: not data damage, never a reason to fall back
+        return missing_keys, unexpected_keys, exc
+    return missing_keys, unexpected_keys, None
 
 
 def load_whole_model(
@@ -215,3 +308,76 @@ def load_whole_model(
     if not isinstance(module, torch.nn.Module):
         raise CheckpointError(f"{storage.url(rel)} does not hold an nn.Module")
     return module
+
+
+class SavedStates(dict):  # type: ignore[type-arg]
+    """``Checkpoint.state`` after a partial read: a saved object not read yet is read on first use.
+
+    ``restore(model=net)`` reads (and verifies) only the model's data; the version's
+    other objects stay listed here and are read, verified, when first looked up
+    (``state["optimizer"]``, ``.get``), or all at once by anything that walks the
+    whole dict (iteration, ``items()``, ``values()``, ``copy()``, ``==``).
+    """
+
+    def __init__(self, loaded: Mapping[str, Any], names: Collection[str], read_one: Callable[[str], Any]) -> None:
+        super().__init__(loaded)
+        self._names = [n for n in names if n not in loaded] + list(loaded)
+        self._read_one = read_one
+
+    def __missing__(self, key: str) -> Any:
+        if key not in self._names:
+            raise KeyError(key)
+        value = self._read_one(key)
+        dict.__setitem__(self, key, value)
+        return value
+
+    def _read_all(self) -> None:
+        for name in self._names:
+            if not dict.__contains__(self, name):
+                self[name]
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        """The state of ``key`` (read now if needed), or ``default`` when it was not saved."""
+        return self[key] if key in self else default  # noqa: SIM401 (dict.get would not read it)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._names or dict.__contains__(self, key)
+
+    def __len__(self) -> int:
+        self._read_all()
+        return dict.__len__(self)
+
+    def __iter__(self) -> Iterator[str]:
+        self._read_all()
+        return dict.__iter__(self)
+
+    def keys(self) -> Any:  # type: ignore[override]
+        """Every saved name (reads the objects not read yet)."""
+        self._read_all()
+        return dict.keys(self)
+
+    def items(self) -> Any:  # type: ignore[override]
+        """Every saved object's state (reads the objects not read yet)."""
+        self._read_all()
+        return dict.items(self)
+
+    def values(self) -> Any:  # type: ignore[override]
+        """Every saved object's state (reads the objects not read yet)."""
+        self._read_all()
+        return dict.values(self)
+
+    def copy(self) -> dict[str, Any]:
+        """A plain dict of every saved object's state."""
+        self._read_all()
+        return dict(dict.items(self))
+
+    def __eq__(self, other: object) -> bool:
+        self._read_all()
+        return dict.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        pending = [n for n in self._names if not dict.__contains__(self, n)]
+        return f"{dict.__repr__(self)[:-1]}{', ' if pending and dict.__len__(self) else ''}" + \
+            ", ".join(f"{n!r}: <not read yet>" for n in pending) + "}"

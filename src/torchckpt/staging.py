@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from .errors import SnapshotChangedError
+
 Path = tuple[Any, ...]
 Copy = tuple[int, int, int]  # (destination address, source address, bytes)
 
@@ -75,18 +77,38 @@ class StagingPool:
 
     def snapshot(self, value: Any) -> Any:
         """A copy of ``value`` whose tensors live in this pool's buffers (on the CPU)."""
+        out, later = self.snapshot_deferred(value, frozenset())
+        later.run()
+        return out
+
+    def snapshot_deferred(self, value: Any, defer: frozenset[int]) -> tuple[Any, LaterCopies]:
+        """Like ``snapshot``, but the copies of CPU tensors whose data pointer is in ``defer`` are left to later.
+
+        Args:
+            value: the state to copy.
+            defer: data pointers of tensors that nothing changes until the caller says so
+                (an optimizer's parameters and state: only its ``step`` changes them).
+
+        Returns:
+            The copy (its deferred tensors hold garbage until ``LaterCopies.run`` returns) and those copies.
+        """
         with self._lock:
             used: set[Path] = set()
             cuda_devices: set[torch.device] = set()
             self.allocated_bytes = 0
             self._pending: list[Copy] = []
+            self._later: list[Copy] = []
+            self._watched: list[tuple[Path, torch.Tensor, int]] = []
+            self._defer = defer
             out = self._copy(value, (), used, cuda_devices)
             self._run_copies(self._pending)
             for dev in cuda_devices:  # async copies into pinned memory: wait once for all of them
                 torch.cuda.synchronize(dev)
             for stale in set(self._buffers) - used:
                 del self._buffers[stale]
-            return out
+            later = LaterCopies(self, self._later, self._watched)
+            self._later, self._watched, self._defer = [], [], frozenset()
+            return out, later
 
     def _run_copies(self, copies: list[Copy]) -> None:
         pieces = [
@@ -116,6 +138,12 @@ class StagingPool:
         return value
 
     def _stage(self, t: torch.Tensor, path: Path, used: set[Path], cuda: set[torch.device]) -> torch.Tensor:
+        if type(t).__name__ == "DTensor":  # a shard: its local tensor goes to a reused buffer, the spec is kept
+            from .formats.dcp_io import dtensor_like, is_dtensor
+
+            if is_dtensor(t):
+                local = t.to_local().detach()  # type: ignore[attr-defined]
+                return dtensor_like(self._stage(local, (*path, "<local>"), used, cuda), t)  # type: ignore[no-any-return]
         if not _stageable(t):
             return t.to("cpu", copy=True)
         is_cuda = t.device.type == "cuda"
@@ -129,10 +157,46 @@ class StagingPool:
             # one plain memcpy (GIL released): torch's copy_ splits big copies over OpenMP threads,
             # which on a busy host (training, loaders) stalls in barriers for several times longer
             nbytes = t.numel() * t.element_size()
-            if nbytes:  # done in snapshot(), in parallel pieces; ``t`` stays alive until then
+            if nbytes and t.data_ptr() in self._defer:  # copied by LaterCopies.run; ``t`` kept alive there
+                self._later.append((buf.data_ptr(), t.data_ptr(), nbytes))
+                self._watched.append((path, t, t._version))
+            elif nbytes:  # done in snapshot(), in parallel pieces; ``t`` stays alive until then
                 self._pending.append((buf.data_ptr(), t.data_ptr(), nbytes))
         else:
             buf.copy_(t, non_blocking=is_cuda)
         if is_cuda:
             cuda.add(t.device)
         return buf
+
+
+class LaterCopies:
+    """The copies a deferred snapshot left for a background thread (see ``StagingPool.snapshot_deferred``)."""
+
+    def __init__(self, pool: StagingPool, copies: list[Copy], watched: list[tuple[Path, torch.Tensor, int]]) -> None:
+        self._pool = pool
+        self._copies = copies
+        self._watched = watched  # (path, source tensor kept alive, its version counter at the call)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes left to copy."""
+        return sum(n for _, _, n in self._copies)
+
+    def run(self) -> None:
+        """Make the copies; refuse the snapshot when a source tensor was changed in place meanwhile.
+
+        Raises:
+            SnapshotChangedError: a deferred tensor was modified before its copy finished.
+        """
+        copies, self._copies = self._copies, []
+        if copies:
+            self._pool._run_copies(copies)
+        changed = [path for path, t, version in self._watched if t._version != version]
+        self._watched = []
+        if changed:
+            where = ".".join(str(p) for p in changed[0])
+            raise SnapshotChangedError(
+                f"{where} (and {len(changed) - 1} more) changed in place before the background snapshot of an "
+                "async save finished; only optimizer steps wait for it. Call CheckpointManager.wait() before "
+                "changing parameters outside an optimizer step, or save with blocking=True"
+            )

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from ..errors import CheckpointError
 
 T = TypeVar("T")
+_SIDE_GROUP: list[Any] = []
 
 
 def process_group_active() -> bool:
@@ -33,10 +34,23 @@ class Collectives:
         world: the number of ranks (1 without a group).
     """
 
-    def __init__(self, active: bool | None = None) -> None:
+    def __init__(self, active: bool | None = None, group: Any = None) -> None:
         self.active = process_group_active() if active is None else active
+        self.group = group if self.active else None  # None: the default group
         self.rank = dist.get_rank() if self.active else 0
         self.world = dist.get_world_size() if self.active else 1
+
+    def side_channel(self) -> Collectives:
+        """The same ranks on a gloo group of their own, for collectives run by a background thread.
+
+        Created once per process (a collective: every rank must be here); a background
+        save's collectives then never interleave with training's on the default group.
+        """
+        if not self.active:
+            return self
+        if not _SIDE_GROUP:
+            _SIDE_GROUP.append(dist.new_group(backend="gloo"))
+        return Collectives(True, group=_SIDE_GROUP[0])
 
     @property
     def is_coordinator(self) -> bool:
@@ -48,7 +62,7 @@ class Collectives:
         if not self.active:
             return value  # type: ignore[return-value]
         box = [value if self.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]  # type: ignore[return-value]
 
     def gather(self, value: T) -> list[T]:
@@ -56,7 +70,7 @@ class Collectives:
         if not self.active:
             return [value]
         out: list[Any] = [None] * self.world if self.rank == 0 else []
-        dist.gather_object(value, out if self.rank == 0 else None, dst=0)
+        dist.gather_object(value, out if self.rank == 0 else None, dst=0, group=self.group)
         return out
 
     def any_failed(self, failed: bool) -> bool:
@@ -64,13 +78,13 @@ class Collectives:
         if not self.active:
             return failed
         flags: list[Any] = [None] * self.world
-        dist.all_gather_object(flags, failed)
+        dist.all_gather_object(flags, failed, group=self.group)
         return any(flags)
 
     def barrier(self) -> None:
         """Wait for every rank."""
         if self.active:
-            dist.barrier()
+            dist.barrier(group=self.group)
 
     def all_or_none(self, fn: Callable[[], T], what: str) -> T:
         """Run ``fn`` on every rank; if it raised anywhere, raise on every rank.

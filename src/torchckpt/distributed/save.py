@@ -20,13 +20,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 from .. import rng
 from ..errors import CheckpointError
-from ..formats.dcp_io import LAYOUT, METADATA_FILE, CheckpointException, Writer, dcp, dcp_error, quiet_single_process
+from ..formats.dcp_io import (
+    LAYOUT,
+    METADATA_FILE,
+    CheckpointException,
+    Prestaged,
+    Writer,
+    dcp,
+    dcp_error,
+    quiet_single_process,
+)
 from ..formats.pickling import check_safe
 from ..layout import META, new_version_id, version_dir
 from ..lifecycle import commit_version
@@ -70,6 +79,50 @@ def save_sharded(
     Raises:
         CheckpointError: any rank failed; nothing was committed.
     """
+    return begin_sharded_save(storage, retention, objects, step=step, epoch=epoch, metrics=metrics, tags=tags,
+                              extra=extra, background=False)()
+
+
+def begin_sharded_save(
+    storage: Storage,
+    retention: RetentionPolicy | None,
+    objects: Mapping[str, Any],
+    *,
+    step: int,
+    epoch: int | None,
+    metrics: dict[str, float | None],
+    tags: tuple[str, ...],
+    extra: dict[str, Any],
+    background: bool,
+    stage: Callable[[Any], Any] | None = None,
+) -> Callable[[], CheckpointInfo]:
+    """Start a sharded save; the returned function finishes it (writes what is left, commits).
+
+    With ``background=True`` the state is staged into host memory here (DCP's
+    ``async_save``: the caller is blocked for that copy only) and the returned
+    function, meant for a worker thread, waits for DCP's write and commits; its
+    collectives run on a gloo side group (``Collectives.side_channel``), never on
+    the group training uses. Without it, DCP writes here and the function commits.
+
+    Args:
+        storage: the root.
+        retention: applied by rank 0 in the commit's manifest update.
+        objects: name -> live object.
+        step: the training step.
+        epoch: the epoch, if any.
+        metrics: recorded metrics.
+        tags: recorded tags.
+        extra: JSON-able values and tensors stored beside the state.
+        background: stage now, write and commit in the returned function.
+        stage: with ``background``, makes the host copy (e.g. ``StagingPool.snapshot``: buffers reused
+            across saves); None: DCP's own staging (fresh buffers every save).
+
+    Returns:
+        A function (every rank calls it) returning the committed version's record.
+
+    Raises:
+        CheckpointError: any rank failed while choosing the id or capturing the state.
+    """
     group = Collectives()
     started = time.perf_counter()
     what = f"sharded save of step {step}"
@@ -96,40 +149,63 @@ def save_sharded(
 
     try:
         state = group.all_or_none(capture_state, what)
+        side = group.side_channel() if background else group
     except Exception:
         if writer is not None:
             writer.abort()
         raise
 
-    fs_writer = Writer(storage, work_dir)
-    try:
-        with quiet_single_process(not group.active):
-            dcp.save(state, storage_writer=fs_writer, no_dist=not group.active)
-    except (Exception, CheckpointException) as exc:
+    def failed(exc: BaseException) -> BaseException:
         if writer is not None:  # DCP raised on every rank after all ranks finished writing
             writer.abort()
         if isinstance(exc, CheckpointException):
-            raise dcp_error(exc, f"{what} to {storage.root_url}") from exc
-        raise
+            return dcp_error(exc, f"{what} to {storage.root_url}")
+        return exc
+
+    fs_writer = Writer(storage, work_dir)
+    pending: Any = None
+    try:
+        with quiet_single_process(not group.active):
+            if background:  # stages (copies) the state now; writes on DCP's thread
+                stager = None
+                if stage is not None:
+                    state, stager = stage(state), Prestaged()
+                pending = dcp.async_save(state, storage_writer=fs_writer, process_group=side.group,
+                                         no_dist=not group.active, async_stager=stager)
+            else:
+                dcp.save(state, storage_writer=fs_writer, no_dist=not group.active)
+    except (Exception, CheckpointException) as exc:
+        raise failed(exc) from exc
     del state
+    staged_s = time.perf_counter() - started
 
-    records = group.gather(fs_writer.fs.written)
+    def finish() -> CheckpointInfo:
+        if pending is not None:
+            try:
+                with quiet_single_process(not group.active):
+                    pending.result()
+            except (Exception, CheckpointException) as exc:
+                raise failed(exc) from exc
+        records = side.gather(fs_writer.fs.written)
 
-    def commit() -> dict[str, Any]:
-        assert writer is not None
-        try:
-            info = _commit(storage, retention, writer, records, vid=vid, created=created, step=step, epoch=epoch,
-                           metrics=metrics, tags=tags, objects=tuple(objects), world=group.world)
-        except Exception:
-            writer.abort()
-            raise
-        return info.to_record(with_index_fields=False)
+        def commit() -> dict[str, Any]:
+            assert writer is not None
+            try:
+                info = _commit(storage, retention, writer, records, vid=vid, created=created, step=step, epoch=epoch,
+                               metrics=metrics, tags=tags, objects=tuple(objects), world=side.world)
+            except Exception:
+                writer.abort()
+                raise
+            return info.to_record(with_index_fields=False)
 
-    record = group.on_coordinator(commit, f"committing sharded step {step}")
-    info = CheckpointInfo.from_record(record, storage.url(version_dir(vid)))
-    group.barrier()  # everybody leaves together
-    log.info("saved sharded %s from %d rank(s) in %.2fs", vid, group.world, time.perf_counter() - started)
-    return info
+        record = side.on_coordinator(commit, f"committing sharded step {step}")
+        info = CheckpointInfo.from_record(record, storage.url(version_dir(vid)))
+        side.barrier()  # everybody leaves together
+        log.info("saved sharded %s from %d rank(s) in %.2fs%s", vid, side.world, time.perf_counter() - started,
+                 f" (caller blocked {staged_s:.3f}s)" if background else "")
+        return info
+
+    return finish
 
 
 def _commit(

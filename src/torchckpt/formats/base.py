@@ -12,6 +12,7 @@ The payload a format writes and reads is one dict::
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from typing import Any, ClassVar, NamedTuple
 
 from ..records import CheckpointInfo
@@ -55,7 +56,14 @@ class Format(ABC):
 
     @abstractmethod
     def read(
-        self, storage: Storage, info: CheckpointInfo, *, map_location: MapLocation, verify: bool, trust_pickle: bool
+        self,
+        storage: Storage,
+        info: CheckpointInfo,
+        *,
+        map_location: MapLocation,
+        verify: bool,
+        trust_pickle: bool,
+        objects: Collection[str] | None = None,
     ) -> dict[str, Any]:
         """Read a version's payload back.
 
@@ -65,6 +73,9 @@ class Format(ABC):
             map_location: device remapping (``None``: keep available devices, else CPU).
             verify: check every file's size and checksum before using it.
             trust_pickle: allow arbitrary pickle (only for sources you trust).
+            objects: only these saved objects (None: all). ``payload["objects"]`` then holds
+                just those of them the version saved; a format that stores objects in separate
+                files reads (and verifies) only theirs, others read everything and drop the rest.
 
         Returns:
             The payload dict.
@@ -82,3 +93,13 @@ class Format(ABC):
         Raises:
             ChecksumMismatchError: a file read for the summary is corrupt.
         """
+
+
+def only_objects(payload: dict[str, Any], objects: Collection[str] | None) -> dict[str, Any]:
+    """``payload`` with just the named saved objects (all for None), in saved order."""
+    if objects is None:
+        return payload
+    wanted = set(objects)
+    out = dict(payload)
+    out["objects"] = {k: v for k, v in payload.get("objects", {}).items() if k in wanted}
+    return out

@@ -8,6 +8,7 @@ process group: DCP reads every tensor in full through the verified adapter in
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 import torch
@@ -15,7 +16,7 @@ import torch
 from ..errors import CheckpointError
 from ..records import CheckpointInfo
 from ..storage import Storage, VersionWriter
-from .base import FileRecords, Format, TensorRow
+from .base import FileRecords, Format, TensorRow, only_objects
 from .devices import MapLocation
 from .dcp_io import LAYOUT, Metadata, Reader, TensorStorageMetadata, dcp_load
 
@@ -29,16 +30,26 @@ class DcpFormat(Format):
         raise CheckpointError("sharded versions are written by every rank together: see torchckpt.distributed")
 
     def read(
-        self, storage: Storage, info: CheckpointInfo, *, map_location: MapLocation, verify: bool, trust_pickle: bool
+        self,
+        storage: Storage,
+        info: CheckpointInfo,
+        *,
+        map_location: MapLocation,
+        verify: bool,
+        trust_pickle: bool,
+        objects: Collection[str] | None = None,
     ) -> dict[str, Any]:
-        """The whole version as ``{"objects", "extra", "rng"}`` with full (unsharded) tensors, in this process."""
+        """The version as ``{"objects", "extra", "rng"}`` with full (unsharded) tensors, in this process.
+
+        Every shard file is read; ``objects`` only filters what is returned.
+        """
         state = dcp_load(storage, info, {}, lambda path: True, strict=False, verify=verify, trust_pickle=trust_pickle,
                          no_dist=True)
         if isinstance(map_location, (str, torch.device)):
             state = _to_device(state, torch.device(map_location))
         state.setdefault("objects", {})
         state.setdefault("extra", {})
-        return state
+        return only_objects(state, objects)
 
     def summarize(self, storage: Storage, info: CheckpointInfo) -> list[TensorRow]:
         """Full shapes of every saved object's tensors from the metadata (nothing else is read)."""

@@ -253,6 +253,41 @@ class LoadPlanner(DefaultLoadPlanner):
             self.state_dict[read_item.dest_index.fqn] = obj
 
 
+class Prestaged:
+    """A DCP ``AsyncStager`` for a state that is already a private copy (``StagingPool.snapshot``): no second copy."""
+
+    _synchronize_after_execute = False
+
+    @property
+    def should_synchronize_after_execute(self) -> bool:
+        return False
+
+    def stage(self, state_dict: Any) -> Any:
+        return state_dict
+
+    def synchronize_staging(self) -> None:
+        """Nothing to wait for: the copy was made before ``async_save``."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a DTensor (without importing DTensor for plain tensors)."""
+    return type(t).__name__ == "DTensor" and type(t).__module__.startswith("torch.distributed")
+
+
+def dtensor_like(local: torch.Tensor, like: Any) -> Any:
+    """A DTensor with ``like``'s sharding spec around ``local`` (a host copy of ``like``'s shard).
+
+    DCP's own staging does the same: the spec (mesh, placements, global shape) is kept
+    while the local shard lives in host memory; the writer reads only the local shard.
+    """
+    from torch.distributed.tensor import DTensor
+
+    return DTensor(local, like._spec, requires_grad=False)
+
+
 def dcp_error(exc: BaseException, what: str) -> CheckpointError:
     """A ``CheckpointException`` (BaseException) as the ``CheckpointError`` it stands for."""
     failures = {r: (f[0] if isinstance(f, tuple) else f) for r, f in (getattr(exc, "failures", None) or {}).items()}

@@ -9,6 +9,7 @@ headers alone.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, ClassVar
 
 from ..errors import CheckpointError
@@ -34,7 +35,14 @@ class FilesFormat(Format):
         raise CheckpointError("folder versions are written by CheckpointManager.save_files(step, local_dir)")
 
     def read(
-        self, storage: Storage, info: CheckpointInfo, *, map_location: MapLocation, verify: bool, trust_pickle: bool
+        self,
+        storage: Storage,
+        info: CheckpointInfo,
+        *,
+        map_location: MapLocation,
+        verify: bool,
+        trust_pickle: bool,
+        objects: Collection[str] | None = None,
     ) -> dict[str, Any]:
         """A folder version has no torchckpt payload to load.
 

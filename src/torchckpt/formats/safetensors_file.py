@@ -36,17 +36,17 @@ import json
 import logging
 import struct
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import IO, Any, ClassVar, Iterator
 
 import torch
 
 from ..errors import CheckpointError
-from ..hashing import HashingWriter, checksum_bytes, verify_record
+from ..hashing import HashingWriter, check_later, checksum_bytes, verify_record
 from ..layout import is_plain_name, version_file
 from ..records import CheckpointInfo
 from ..storage import Storage, VersionWriter
-from .base import FileRecords, Format, TensorRow
+from .base import FileRecords, Format, TensorRow, only_objects
 from .devices import MapLocation, place
 from .pickling import STATE_FILE, save_to
 from .torch_file import read_state_file
@@ -241,8 +241,8 @@ def parse_header(data: bytes | bytearray | memoryview, url: str) -> tuple[dict[s
     return header, 8 + n
 
 
-def tensors_from_buffer(buf: bytearray, url: str) -> dict[str, torch.Tensor]:
-    """Tensors of a whole .safetensors file held in ``buf`` (views into it, no pickle, no copy)."""
+def tensors_from_buffer(buf: Any, url: str) -> dict[str, torch.Tensor]:
+    """Tensors of a whole .safetensors file held in ``buf`` (a writable buffer: views into it, no pickle, no copy)."""
     header, start = parse_header(buf, url)
     body = len(buf) - start
     out: dict[str, torch.Tensor] = {}
@@ -270,12 +270,21 @@ def tensors_from_buffer(buf: bytearray, url: str) -> dict[str, torch.Tensor]:
 
 
 def read_file(storage: Storage, rel: str, expected: Mapping[str, Any] | None, *, verify: bool) -> dict[str, torch.Tensor]:
-    """Read a whole .safetensors file once into memory, verify it, and return its tensors."""
+    """A .safetensors file's tensors, verified first.
+
+    A local file is memory-mapped (privately, copy-on-write): its checksum is computed
+    from the page cache and the tensors are views of the same pages, as
+    ``safetensors.torch.load_file`` does, so nothing is read twice or copied. Other
+    backends read the whole file once into one buffer.
+    """
     url = storage.url(rel)
     size = int(expected["size"]) if expected and "size" in expected else storage.size(rel)
-    buf = storage.read_buffer(rel, size)
+    mapped = storage.map_read(rel)
+    buf: Any = mapped if mapped is not None else storage.read_buffer(rel, size)
     if verify and expected:
-        verify_record(url, expected, checksum_bytes(buf) if len(buf) == size else "(not computed)", len(buf))
+        if len(buf) != size:
+            verify_record(url, expected, "(not computed)", len(buf))
+        check_later(url, expected, lambda: (checksum_bytes(buf), len(buf)))
     if len(buf) != size:
         raise CheckpointError(f"{url} holds {len(buf)} bytes, expected {size}")
     return tensors_from_buffer(buf, url)
@@ -370,9 +379,18 @@ class SafetensorsFormat(Format):
         return files
 
     def read(
-        self, storage: Storage, info: CheckpointInfo, *, map_location: MapLocation, verify: bool, trust_pickle: bool
+        self,
+        storage: Storage,
+        info: CheckpointInfo,
+        *,
+        map_location: MapLocation,
+        verify: bool,
+        trust_pickle: bool,
+        objects: Collection[str] | None = None,
     ) -> dict[str, Any]:
+        """The payload; only the ``.safetensors`` files of ``objects`` (all for None) are read."""
         skeleton = read_state_file(storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle)
+        skeleton = only_objects(skeleton, objects)
         return fill_skeleton(storage, info, skeleton, map_location=map_location, verify=verify)
 
     def summarize(self, storage: Storage, info: CheckpointInfo) -> list[TensorRow]:

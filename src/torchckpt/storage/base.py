@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import mmap
 import os
 import posixpath
 import warnings
@@ -242,6 +243,19 @@ class Storage:
             del buf[got:]
         return buf + extra if extra else buf
 
+    def map_read(self, rel: str) -> mmap.mmap | None:
+        """A private, copy-on-write memory map of a whole file, where the backend has local files.
+
+        Tensors made from it see the page cache directly (no read copy); writes to them
+        stay private to this process and never reach the file. Backends without local
+        files return None and callers read the bytes instead (``read_buffer``).
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            StorageError: the backend failed.
+        """
+        return None
+
     def checksum(self, rel: str) -> tuple[str, int]:
         """Checksum and size of a stored file, read as a stream.
 
@@ -254,6 +268,9 @@ class Storage:
 
     def load_source(self, rel: str, expected: Mapping[str, Any] | None, *, verify: bool) -> str | IO[bytes]:
         """What ``torch.load`` should read ``rel`` from, its size and checksum checked first.
+
+        Inside ``hashing.overlapped_checks()`` a backend may check the bytes on a
+        worker thread instead (the local disk does); the block's end waits for it.
 
         Returns:
             A local path (memory-mappable) on a local disk, else a seekable in-memory reader.

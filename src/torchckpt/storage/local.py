@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import mmap
 import os
 import secrets
 from collections.abc import Iterator, Mapping
 from typing import IO, Any, ClassVar
 
 from ..errors import StorageError
-from ..hashing import checksum_file, verify_record
+from ..hashing import check_later, checksum_file
 from .base import Storage
 from .commit import CommitStrategy, RenameIntoPlace
 
@@ -62,17 +63,26 @@ class LocalStorage(Storage):
             f.seek(start)
             return f.read(max(0, end - start))
 
+    def map_read(self, rel: str) -> mmap.mmap | None:
+        """The file mapped privately (``MAP_PRIVATE``): the page cache itself, never written back.
+
+        An empty file cannot be mapped: None, and the caller reads its (zero) bytes.
+        """
+        with self.errors("reading", rel), open(self.path(rel), "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                return None
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+
     def checksum(self, rel: str) -> tuple[str, int]:
         with self.errors("verifying", rel):
             return checksum_file(self.path(rel))  # from a memory map: no copies through a file object
 
     def load_source(self, rel: str, expected: Mapping[str, Any] | None, *, verify: bool) -> str | IO[bytes]:
         path = self.path(rel)
-        if verify and expected:
-            actual, size = self.checksum(rel)  # the pages stay cached for torch.load(mmap=True)
-            verify_record(self.url(rel), expected, actual, size)
-        elif not os.path.exists(path):
+        if not os.path.exists(path):
             raise FileNotFoundError(path)
+        if verify and expected:  # hashed from a map of the page cache, which torch.load(mmap=True) maps again
+            check_later(self.url(rel), expected, lambda: self.checksum(rel))
         return path
 
     # ----- writing --------------------------------------------------------------------------------------
