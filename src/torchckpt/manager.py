@@ -35,7 +35,7 @@ from .layout import check_version_name
 from .live_objects import capture, optimizer_owned
 from .maintenance import VerifyReport
 from .records import Checkpoint, CheckpointInfo
-from .restoring import Copies, load_whole_model, read_first, read_objects, read_payload, restore_into
+from .restoring import Copies, load_whole_model, read_first, read_objects, restore_into
 from .retention import RetentionPolicy
 from .saving import PAYLOAD_VERSION, check_save_args, clean_metrics, pickle_module, write_version
 from .selectors import Selector, best, resolve, restore_candidates
