@@ -164,8 +164,9 @@ def test_kill_during_upload_loses_nothing(root: Backend, tmp_path: Path) -> None
     cache = tmp_path / "cache"
     job = {"root": root.url, "options": root.storage_options, "cache": str(cache)}
     code = CHILD.format(src=SRC, tests=TESTS)
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(job)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, **root.env})
+    # multipart from the first part, so that a cut-short upload leaves parts behind to look for
+    env = {**os.environ, **root.env, "TORCHCKPT_S3_SINGLE_PUT_MAX": "0"}
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(job)], stdout=subprocess.PIPE, text=True, env=env)
     seen: dict[str, str] = {}
     try:
         assert proc.stdout is not None
