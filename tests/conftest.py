@@ -42,6 +42,17 @@ class Backend:
 
         return CheckpointManager(self.url, storage_options=self.storage_options or None, **kwargs)
 
+    def cli_options(self) -> list[str]:
+        """``--storage-option KEY=VALUE`` arguments for the CLI (dotted keys for nested dicts)."""
+        import json
+
+        def flat(prefix: str, value: Any) -> list[str]:
+            if isinstance(value, dict):
+                return [a for k, v in value.items() for a in flat(f"{prefix}{k}.", v)]
+            return ["--storage-option", f"{prefix[:-1]}={json.dumps(value)}"]
+
+        return flat("", self.storage_options)
+
     def sub(self, name: str) -> "Backend":
         return Backend(self.kind, f"{self.url.rstrip('/')}/{name}", self.storage_options, self.env)
 
