@@ -64,7 +64,7 @@ def test_processes_saving_lose_nothing(zygote: Zygote, request: Any, tmp_path: P
     pids = [
         zygote.fork(job(backend, kind="saves", start=i * 3000, count=SAVES, progress=str(p), env=env,
                         warnings_out=str(w)))
-        for i, (p, w) in enumerate(zip(progress, warned))
+        for i, (p, w) in enumerate(zip(progress, warned, strict=True))
     ]
     assert [zygote.wait(pid) for pid in pids] == [0] * writers
     for w in warned:  # every writer process knew (from the root's probe marker) whether it was safe

@@ -53,7 +53,9 @@ def test_missing_bucket_or_container_is_one_storage_error_at_construction(reques
     assert "no-such-bucket-torchckpt" in line and "does not exist" in line
 
 
-def test_bad_credentials_on_azure_are_one_storage_error_at_construction(azurite_server: Any, azure_backend: Backend) -> None:
+def test_bad_credentials_on_azure_are_one_storage_error_at_construction(
+    azurite_server: Any, azure_backend: Backend
+) -> None:
     options = azurite_server.bad_credentials_options()
     with pytest.raises(StorageError, match=r"credentials were rejected \(403") as err:
         CheckpointManager(azure_backend.url, storage_options=options)

@@ -11,8 +11,8 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .errors import CheckpointError, ManifestError, TornReadError
 from .layout import MANIFEST, META, STAGING_PREFIX, VERSIONS, check_version_id, meta_path, version_dir

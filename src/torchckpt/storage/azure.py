@@ -37,6 +37,12 @@ def _sync(fs: Any, coro_fn: Any) -> Any:
     return sync(fs.loop, coro_fn)
 
 
+def _code(exc: BaseException) -> str | None:
+    """The Azure error code (``ContainerNotFound``, ``AuthorizationFailure``, ...) of an SDK error."""
+    code = getattr(exc, "error_code", None)
+    return None if code is None else str(code)
+
+
 class AzureStorage(ObjectStore):
     """A prefix in an Azure Blob container."""
 
@@ -70,10 +76,10 @@ class AzureStorage(ObjectStore):
         except HttpResponseError as exc:
             if exc.status_code in (401, 403):
                 raise StorageError(
-                    f"{self.root_url}: the credentials were rejected ({exc.status_code} {exc.error_code}): "
+                    f"{self.root_url}: the credentials were rejected ({exc.status_code} {_code(exc)}): "
                     "check the account key, SAS token or connection string"
                 ) from None
-            raise StorageError(f"cannot use {self.root_url}: {exc.status_code} {exc.error_code}") from exc
+            raise StorageError(f"cannot use {self.root_url}: {exc.status_code} {_code(exc)}") from exc
         except Exception as exc:  # ServiceRequestError: DNS, connection refused, TLS
             raise StorageError(f"cannot reach {self.root_url}: {describe(exc)}") from exc
 
@@ -107,7 +113,9 @@ class AzureStorage(ObjectStore):
         async def put() -> None:
             async with self.fs.service_client.get_blob_client(container, blob) as bc:
                 if token:
-                    await bc.upload_blob(data, overwrite=True, etag=token, match_condition=MatchConditions.IfNotModified)
+                    await bc.upload_blob(
+                        data, overwrite=True, etag=token, match_condition=MatchConditions.IfNotModified
+                    )
                 else:
                     await bc.upload_blob(data, overwrite=False)  # If-None-Match: *
 
@@ -116,7 +124,7 @@ class AzureStorage(ObjectStore):
         except ResourceModifiedError:  # 412 ConditionNotMet: another writer won
             return False
         except ResourceExistsError as exc:  # 409: BlobAlreadyExists is a lost create; a lease conflict is not
-            if exc.error_code in ("BlobAlreadyExists", None):
+            if _code(exc) in ("BlobAlreadyExists", None):
                 return False
             raise StorageError(f"writing {self.url(rel)} failed: {describe(exc)}") from exc
         except HttpResponseError as exc:

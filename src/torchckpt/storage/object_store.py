@@ -30,7 +30,6 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from typing import ClassVar
 
 from ..errors import SingleWriterWarning, StorageError
 from ..layout import PROBE_MARKER, PROBE_PREFIX
@@ -48,7 +47,7 @@ class ObjectStore(Storage):
     """A prefix in a bucket/container of an object store with conditional writes."""
 
     #: What the protocol promises; an instance turns it off when the probe finds the server ignores conditions.
-    multi_writer_safe: bool = True  # type: ignore[misc]
+    multi_writer_safe = True
 
     # ----- identity and reachability ------------------------------------------------------------------
     def server_identity(self) -> str:
