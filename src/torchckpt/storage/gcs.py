@@ -103,8 +103,15 @@ class GCSStorage(ObjectStore):
             except FileNotFoundError:
                 return None, None
             generation = headers.get("x-goog-generation")
-            if not generation:
-                raise StorageError(f"{self.url(rel)}: the server sent no x-goog-generation header")
+            if not generation:  # GCS always sends it; an emulator may not: ask, then read that generation
+                try:
+                    meta = await self.fs._call("GET", "b/{}/o/{}", bucket, key, json_out=True)
+                    generation = str(meta["generation"])
+                    headers, data = await self.fs._call(
+                        "GET", "b/{}/o/{}", bucket, key, alt="media", generation=generation
+                    )
+                except FileNotFoundError:
+                    return None, None
             check_whole(self.url(rel), data, headers)
             return data, str(generation)
 
