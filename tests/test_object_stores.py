@@ -72,7 +72,9 @@ def test_bad_credentials_on_gcs_are_one_storage_error_at_construction() -> None:
         CheckpointManager(url, storage_options=emulator.storage_options())  # the right token works
         with pytest.raises(StorageError, match=r"credentials were rejected \(401\)"):
             CheckpointManager(url, storage_options=emulator.bad_credentials_options())
-    # (the CLI takes JSON options: a token string, which the emulator rejects the same way)
+        # the CLI takes JSON options: anonymous access, which this server rejects the same way
+        line = one_line_cli_error(url, {"endpoint_url": emulator.endpoint, "token": "anon"})
+        assert "credentials were rejected (401)" in line
 
 
 def test_malformed_azure_connection_string_is_a_storage_error(azure_backend: Backend) -> None:
