@@ -82,6 +82,24 @@ def test_malformed_azure_connection_string_is_a_storage_error(azure_backend: Bac
         CheckpointManager(azure_backend.url, storage_options={"connection_string": "nonsense"})
 
 
+def test_container_or_bucket_deleted_under_a_manager_is_a_storage_error(
+    azurite_server: Any, gcs_server: Any
+) -> None:
+    with azurite_server.container() as container:
+        mgr = CheckpointManager(f"az://{container}/run", storage_options=azurite_server.storage_options())
+        mgr.save(1, w=torch.zeros(1))
+        azurite_server.delete_container(container)
+        with pytest.raises(StorageError, match=f"az://{container}/run/versions/.*(ContainerNotFound|container)"):
+            mgr.save(2, w=torch.zeros(1))
+    with gcs_server.bucket() as bucket:
+        mgr = CheckpointManager(f"gs://{bucket}/run", storage_options=gcs_server.storage_options())
+        mgr.save(1, w=torch.zeros(1))
+        gcs_server.delete_bucket(bucket)
+        with pytest.raises((StorageError, FileNotFoundError), match=f"gs://{bucket}/run|{bucket}"):
+            mgr.save(2, w=torch.zeros(1))
+        gcs_server.create_bucket(bucket)  # for the fixture's cleanup
+
+
 @pytest.mark.parametrize(("kind", "scheme"), [("azure", "az"), ("azure", "abfs"), ("gcs", "gs"), ("gcs", "gcs")])
 def test_roots_are_shown_as_typed(request: Any, kind: str, scheme: str) -> None:
     backend: Backend = request.getfixturevalue(f"{kind}_backend")

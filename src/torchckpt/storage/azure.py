@@ -23,7 +23,7 @@ from typing import IO, Any, ClassVar
 
 from ..errors import StorageError, TornReadError
 from .base import describe
-from .object_store import ObjectStore
+from .object_store import ObjectStore, Upload
 
 #: Block size of streamed data blobs (adlfs's default is 50 MiB per open file).
 BLOCK_SIZE = 8 << 20
@@ -141,4 +141,4 @@ class AzureStorage(ObjectStore):
     def open_write(self, rel: str) -> IO[bytes]:
         """Staged blocks of ``BLOCK_SIZE``, committed as one blob on close."""
         with self.errors("writing", rel):
-            return self.fs.open(self.path(rel), "wb", block_size=BLOCK_SIZE)  # type: ignore[no-any-return]
+            return Upload(self, rel, self.fs.open(self.path(rel), "wb", block_size=BLOCK_SIZE))  # type: ignore[return-value]

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from ..errors import StorageError, TornReadError
 from .base import describe
-from .object_store import ObjectStore
+from .object_store import ObjectStore, Upload
 
 #: Chunk size of resumable uploads (a multiple of 256 KiB).
 BLOCK_SIZE = 8 << 20
@@ -148,7 +148,7 @@ class GCSStorage(ObjectStore):
     def open_write(self, rel: str) -> IO[bytes]:
         """A resumable upload in ``BLOCK_SIZE`` chunks, finalised on close."""
         with self.errors("writing", rel):
-            return self.fs.open(self.path(rel), "wb", block_size=BLOCK_SIZE)  # type: ignore[no-any-return]
+            return Upload(self, rel, self.fs.open(self.path(rel), "wb", block_size=BLOCK_SIZE))  # type: ignore[return-value]
 
 
 def check_whole(url: str, data: bytes, headers: Any) -> None:

@@ -30,6 +30,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from typing import IO, Any
 
 from ..errors import SingleWriterWarning, StorageError
 from ..layout import PROBE_MARKER, PROBE_PREFIX
@@ -163,3 +164,67 @@ class ObjectStore(Storage):
             return
         with Lease(self, name):
             yield
+
+
+class Upload:
+    """A streaming upload whose failures are ``StorageError`` naming the file.
+
+    adlfs and gcsfs raise their SDK's exceptions (``ResourceNotFoundError``, ``HttpError``)
+    from ``write``/``flush``/``close``; a failed ``close`` also throws the upload away, so it
+    is never retried from ``__del__``.
+
+    Args:
+        storage: the root.
+        rel: the file.
+        f: the fsspec write file.
+    """
+
+    def __init__(self, storage: Storage, rel: str, f: IO[bytes]) -> None:
+        self._storage, self._rel, self._f = storage, rel, f
+
+    def write(self, data: Any) -> int:
+        """Buffer ``data`` (uploading full blocks).
+
+        Raises:
+            StorageError: the upload failed.
+        """
+        with self._storage.errors("writing", self._rel):
+            return self._f.write(data)
+
+    def flush(self) -> None:
+        """Upload what is buffered where the filesystem does so on flush."""
+        with self._storage.errors("writing", self._rel):
+            self._f.flush()
+
+    def close(self) -> None:
+        """Finish the upload: the object becomes visible whole.
+
+        Raises:
+            StorageError: the upload failed (nothing is published).
+        """
+        if self._f.closed:
+            return
+        try:
+            with self._storage.errors("writing", self._rel):
+                self._f.close()
+        except BaseException:
+            self._storage.discard(self._f, self._rel)
+            raise
+
+    def discard(self) -> None:
+        """Throw the upload away (see ``Storage.discard``)."""
+        self._storage.discard(self._f, self._rel)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the upload finished or was thrown away."""
+        return bool(self._f.closed)
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
