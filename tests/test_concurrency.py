@@ -59,7 +59,7 @@ def test_processes_saving_lose_nothing(zygote: Zygote, request: Any, tmp_path: P
         assert mgr.storage.multi_writer_safe
     progress = [tmp_path / f"w{i}.txt" for i in range(writers)]
     warned = [tmp_path / f"warnings{i}.txt" for i in range(writers)]
-    env = {"TORCHCKPT_LEASE_SETTLE_S": "0.1"} if ignoring else {}  # keep the lease's wait short on 127.0.0.1
+    env = {"TORCHCKPT_LEASE_SETTLE_S": "0.2"} if ignoring else {}  # keep the lease's wait short on 127.0.0.1
     # steps i*3000 + n: distinct per writer, and the smallest tensor size (see tensors_for)
     pids = [
         zygote.fork(job(backend, kind="saves", start=i * 3000, count=SAVES, progress=str(p), env=env,

@@ -173,7 +173,7 @@ def s3_fs(backend: Backend) -> Any:
 def test_an_s3_server_ignoring_conditions_is_detected_and_the_lease_keeps_threads_apart(
     s3_backend: Backend, monkeypatch: Any
 ) -> None:
-    monkeypatch.setenv("TORCHCKPT_LEASE_SETTLE_S", "0.05")
+    monkeypatch.setenv("TORCHCKPT_LEASE_SETTLE_S", "0.2")
     fs = IgnoringConditionsS3(s3_fs(s3_backend))
     with pytest.warns(SingleWriterWarning, match="ignores conditional writes"):
         first = CheckpointManager(s3_backend.url, filesystem=fs)

@@ -13,8 +13,9 @@ Two writers that both saw the lease free write within one read-and-write of
 each other; whoever wrote last holds it, and the other sees that on its read
 back. That holds as long as one read-then-write takes less than ``SETTLE_S``;
 a writer whose own read-then-write took longer does not trust its record and
-starts over with a new token. A crashed holder blocks others until its lease
-expires (``TTL_S``). Torn or half-written lease records count as "held".
+starts over with a new token (its late record then blocks others until it
+expires). A crashed holder blocks others until its lease expires (``TTL_S``).
+Torn or half-written lease records count as "held".
 
 This turns silent manifest losses into waits, at the cost of ``SETTLE_S`` per
 manifest update. It is not a substitute for a server that honours conditional
@@ -43,8 +44,9 @@ log = logging.getLogger(__name__)
 
 #: Seconds between writing a lease record and reading it back.
 SETTLE_S = 1.0
-#: Seconds a lease record is valid (a crashed holder blocks others this long at most).
-TTL_S = 60.0
+#: Seconds a lease record is valid (a crashed holder blocks others this long at most);
+#: a manifest update holds it for a read and a write.
+TTL_S = 15.0
 #: Seconds a writer waits for the lease before giving up.
 TIMEOUT_S = 600.0
 
@@ -104,7 +106,7 @@ class Lease:
             if holder is None or holder[1] < time.time():
                 record = {"owner": self.owner, "expires_at": time.time() + TTL_S, "pid": os.getpid()}
                 self.storage.write_bytes(self.rel, json.dumps(record).encode())
-                if time.monotonic() - started < self.settle / 2:
+                if time.monotonic() - started < self.settle * 0.9:
                     time.sleep(self.settle)
                     now = self._holder()
                     if now is not None and now[0] == self.owner:
