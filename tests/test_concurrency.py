@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,7 +72,9 @@ def test_processes_saving_lose_nothing(zygote: Zygote, request: Any, tmp_path: P
         assert ("SingleWriterWarning" in w.read_text()) == ignoring
     saved = [v for p in progress for _, v in returned(p)]
     assert len(saved) == writers * SAVES
-    mgr = backend.manager()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SingleWriterWarning)  # checked above
+        mgr = backend.manager()
     listed = [v.version for v in mgr.list()]
     print(f"\nTALLY {kind}: {writers} processes x {SAVES} saves: {len(set(listed) & set(saved))} listed, "
           f"{len(set(saved) - set(listed))} lost")
