@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from typing import Any
 
 import torch
@@ -53,9 +54,15 @@ def manager(job: dict[str, Any], **kwargs: Any) -> CheckpointManager:
 
 def run_job(job: dict[str, Any]) -> int:
     kind = job["kind"]
+    os.environ.update(job.get("env") or {})
     progress = open(job["progress"], "a", buffering=1) if job.get("progress") else None
     retention = RetentionPolicy(keep_last=job["keep_last"]) if job.get("keep_last") else None
-    mgr = manager(job, retention=retention)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mgr = manager(job, retention=retention)
+    if job.get("warnings_out"):  # what the manager warned about, one "Category: message" a line
+        with open(job["warnings_out"], "w") as f:
+            f.writelines(f"{w.category.__name__}: {w.message}\n" for w in caught)
     if kind == "saves":  # save steps start, start+1, ... (count of them, or forever)
         step, end = int(job["start"]), (int(job["start"]) + int(job["count"]) if job.get("count") else None)
         while end is None or step < end:

@@ -31,7 +31,7 @@ class CountingMemoryFS(MemoryFileSystem):
 class CountingStorage(Storage):
     """Memory storage with an ETag-like conditional write and a call counter."""
 
-    multi_writer_safe: ClassVar[bool] = True
+    multi_writer_safe = True
     kind: ClassVar[str] = "countmem"
     calls: ClassVar[Counter[str]] = Counter()
     _versions: ClassVar[dict[str, int]] = {}

@@ -53,9 +53,7 @@ def damage(mgr: CheckpointManager, rel: str, how: str) -> None:
 
 
 def cli_verify(backend: Any) -> Any:
-    args = ["verify", backend.url]
-    for key, value in (backend.storage_options.get("client_kwargs") or {}).items():
-        args += ["--storage-option", f"client_kwargs.{key}={value}"]
+    args = ["verify", backend.url, *backend.cli_options()]
     return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 

@@ -202,10 +202,7 @@ def test_missing_credentials(s3_backend: Any, tmp_path: Path) -> None:
 
 # ----- the CLI: every command, bad root / version / option -> non-zero, one line, no traceback -------------
 def cli_options(backend: Any) -> list[str]:
-    args: list[str] = []
-    for key, value in (backend.storage_options.get("client_kwargs") or {}).items():
-        args += ["--storage-option", f"client_kwargs.{key}={value}"]
-    return args
+    return list(backend.cli_options())
 
 
 def bad_invocations(root: str, file_root: str, missing: str, s3_missing: list[str]) -> list[list[str]]:

@@ -25,8 +25,9 @@ def _put_file_at_root(backend) -> None:
         endpoint = backend.storage_options["client_kwargs"]["endpoint_url"]
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").put_object(Bucket=bucket, Key=key, Body=b"x")
     else:
-        fs, path = fsspec.core.url_to_fs(backend.url)
-        fs.makedirs(os.path.dirname(path.rstrip("/")), exist_ok=True)
+        fs, path = fsspec.core.url_to_fs(backend.url, **backend.storage_options)
+        if backend.kind in ("local", "memory"):
+            fs.makedirs(os.path.dirname(path.rstrip("/")), exist_ok=True)
         fs.pipe_file(path, b"not a folder")
 
 

@@ -37,6 +37,15 @@ class StorageError(CheckpointError, OSError):
     """The storage root cannot be reached or written."""
 
 
+class TornReadError(StorageError):
+    """A read returned bytes that differ from what the server says the object holds.
+
+    Some servers serve a mix of the old and the new content of an object that is
+    being replaced; the manifest code reads again (a bounded number of times)
+    instead of reporting a corrupt manifest.
+    """
+
+
 class ReadOnlyError(CheckpointError):
     """A write was attempted through a read-only manager."""
 
@@ -84,6 +93,7 @@ __all__ = [
     "UnsafeCheckpointError",
     "ManifestError",
     "StorageError",
+    "TornReadError",
     "ReadOnlyError",
     "AsyncSaveError",
     "UploadError",

@@ -35,6 +35,12 @@ STAGING_PREFIX = ".tmp-"
 #: In a cache tier only: which root it belongs to, and one marker per version uploaded there.
 TIER_BINDING = "tier.json"
 UPLOADS = "uploads"
+#: What the conditional-write probe found for this root and server (object stores; see storage/probe.py).
+PROBE_MARKER = ".torchckpt-conditional-writes.json"
+#: Prefix of the probe's short-lived test objects.
+PROBE_PREFIX = ".torchckpt-probe-"
+#: The writer lease of a root whose server ignores conditional writes (storage/lease.py).
+LEASE_SUFFIX = ".lease"
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9_.-]{0,199}$")

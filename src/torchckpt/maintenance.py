@@ -80,6 +80,9 @@ def verify_copies(targets: list[tuple[Storage, CheckpointInfo]]) -> VerifyReport
 def collect_garbage(storage: Storage, listed: set[str], older_than: timedelta | float) -> list[str]:
     """Remove uncommitted leftovers older than the grace period; returns what was removed.
 
+    Also aborts multipart uploads under the root that were started before the grace
+    period and never finished (S3 servers that can list them; a warning where not).
+
     The grace period protects saves in progress by other writers. Committed but
     unlisted versions are left alone: ``repair`` lists them again.
 
@@ -105,6 +108,16 @@ def collect_garbage(storage: Storage, listed: set[str], older_than: timedelta | 
         if name not in listed and name not in committed:
             stale.append(f"{EXPORTS}/{name}")
     storage.remove(stale)
+    aborted = storage.abort_unfinished_uploads(grace)
+    if aborted is None:
+        log.warning(
+            "%s: this server cannot list unfinished multipart uploads, so gc cannot abort those of interrupted "
+            "saves; their parts stay stored (and billed) until the bucket's lifecycle rule or an admin removes them",
+            storage.root_url,
+        )
+    elif aborted:
+        log.info("gc aborted %d unfinished upload(s) under %s", len(aborted), storage.root_url)
+        stale += aborted
     if stale:
         log.info("gc removed %d leftover(s) under %s", len(stale), storage.root_url)
     return stale

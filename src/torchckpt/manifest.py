@@ -11,10 +11,10 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from .errors import CheckpointError, ManifestError
+from .errors import CheckpointError, ManifestError, TornReadError
 from .layout import MANIFEST, META, STAGING_PREFIX, VERSIONS, check_version_id, meta_path, version_dir
 from .records import CheckpointInfo, meta_bytes
 from .storage import Storage
@@ -23,6 +23,25 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 _CAS_ATTEMPTS = 50
+#: Reads of a manifest that looks torn (short, unparsable) before it counts as corrupt.
+_TORN_ATTEMPTS = 5
+
+
+def _pause_after_torn_read(attempt: int, exc: Exception, storage: Storage) -> None:
+    log.debug("torn read of %s (attempt %d): %s; reading again", storage.url(MANIFEST), attempt + 1, exc)
+    time.sleep(0.02 * 2**attempt)
+
+
+def _read_versioned(storage: Storage) -> tuple[bytes | None, str | None]:
+    """``read_versioned`` of the manifest, read again (a bounded number of times) while it reads torn."""
+    for attempt in range(_TORN_ATTEMPTS):
+        try:
+            return storage.read_versioned(MANIFEST)
+        except TornReadError as exc:
+            if attempt == _TORN_ATTEMPTS - 1:
+                raise
+            _pause_after_torn_read(attempt, exc, storage)
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -74,18 +93,33 @@ def decode(data: bytes | None, storage: Storage) -> Manifest:
 
 
 def read(storage: Storage) -> Manifest:
-    """One read of the manifest: this is all ``list()``/``latest()`` cost."""
-    try:
-        data = storage.read_bytes(MANIFEST)
-    except FileNotFoundError:
-        found = scan(storage)
-        if found.versions:
-            log.warning(
-                "%s is missing: listing %d version(s) from their meta.json; run `torchckpt repair %s`",
-                storage.url(MANIFEST), len(found.versions), storage.root_url,
-            )
-        return found
-    return decode(data, storage)
+    """One read of the manifest: this is all ``list()``/``latest()`` cost.
+
+    A manifest that reads torn (its length differs from what the server announced, or
+    it does not parse while another writer replaces it) is read again a few times;
+    only one that stays bad is a ``ManifestError``.
+
+    Raises:
+        ManifestError: the manifest is stably unreadable or from a newer torchckpt.
+        StorageError: the backend failed.
+    """
+    for attempt in range(_TORN_ATTEMPTS):
+        data, _ = _read_versioned(storage)
+        if data is None:
+            found = scan(storage)
+            if found.versions:
+                log.warning(
+                    "%s is missing: listing %d version(s) from their meta.json; run `torchckpt repair %s`",
+                    storage.url(MANIFEST), len(found.versions), storage.root_url,
+                )
+            return found
+        try:
+            return decode(data, storage)
+        except ManifestError as exc:
+            if attempt == _TORN_ATTEMPTS - 1:
+                raise
+            _pause_after_torn_read(attempt, exc, storage)
+    raise AssertionError("unreachable")
 
 
 def scan(storage: Storage) -> Manifest:
@@ -109,18 +143,34 @@ def update(
 ) -> Manifest:
     """Apply ``change`` atomically; retried on a concurrent write so no writer's version is lost.
 
-    ``change`` may return ``None`` to leave the manifest as it is. ``tolerate_corrupt``
-    (for ``repair``) treats an unreadable manifest as empty instead of raising.
+    ``change`` may return ``None`` to leave the manifest as it is; it must be idempotent
+    (applying it to a manifest that already has the change changes nothing more).
+    ``tolerate_corrupt`` (for ``repair``) treats an unreadable manifest as empty instead
+    of raising. Torn reads are read again (see ``read``). A conditional write reported
+    as lost whose bytes are nevertheless what the server now holds (a client retry
+    after the first try landed) counts as written.
+
+    Raises:
+        ManifestError: the manifest is stably unreadable, or too many writers raced.
+        StorageError: the backend failed.
     """
     with storage.lock("manifest"):
+        sent: tuple[bytes, Manifest] | None = None
+        torn = 0
         for attempt in range(_CAS_ATTEMPTS):
-            data, token = storage.read_versioned(MANIFEST)
+            data, token = _read_versioned(storage)
+            if sent is not None and data == sent[0]:
+                return sent[1]  # our write landed; only its answer was lost
             try:
                 # No scan of meta.json files here: that would list other writers' versions before
                 # their own update does, and a concurrent prune could then delete one its saver is
                 # about to list. A lost index is rebuilt by ``repair`` (an offline operation).
                 current = decode(data, storage)
-            except ManifestError:
+            except ManifestError as exc:
+                torn += 1
+                if torn < _TORN_ATTEMPTS:
+                    _pause_after_torn_read(torn - 1, exc, storage)
+                    continue
                 if not tolerate_corrupt:
                     raise
                 current = Manifest()
@@ -128,7 +178,8 @@ def update(
             if new is None:
                 return current
             new.generation = current.generation + 1
-            if storage.write_conditional(MANIFEST, encode(new), token):
+            sent = (encode(new), new)
+            if storage.write_conditional(MANIFEST, sent[0], token):
                 return new
             log.debug("manifest changed under us (attempt %d); retrying", attempt + 1)
             time.sleep(min(1.0, 0.01 * 2 ** min(attempt, 6)) * random.uniform(0.5, 1.5))

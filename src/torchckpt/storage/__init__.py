@@ -38,6 +38,8 @@ def register_backend(protocols: Iterable[str], backend: str | type[Storage]) -> 
 register_backend(("file", "local"), "torchckpt.storage.local:LocalStorage")
 register_backend(("memory",), "torchckpt.storage.memory:MemoryStorage")
 register_backend(("s3", "s3a"), "torchckpt.storage.s3:S3Storage")
+register_backend(("az", "abfs", "abfss"), "torchckpt.storage.azure:AzureStorage")
+register_backend(("gs", "gcs"), "torchckpt.storage.gcs:GCSStorage")
 
 
 def backend_for(protocols: Iterable[str]) -> type[Storage]:
@@ -91,8 +93,10 @@ def open_storage(
                 cls = backend_for(_protocols(fs))
     except (ImportError, ValueError) as exc:
         raise StorageError(f"cannot open {root_str}: {exc}") from exc
-    # adlfs turns az:// into abfs://: show roots as the user typed them
-    shown = typed if typed and typed not in _protocols(fs) and typed not in ("file", "local") else None
+    # show roots as the user typed them (adlfs spells az:// as abfs://, gcsfs gcs:// as gs://)
+    shown = None
+    if typed and typed not in ("file", "local") and not str(fs.unstrip_protocol(path)).startswith(f"{typed}://"):
+        shown = typed
     return cls(fs, path, storage_options=options, shown_protocol=shown)
 
 

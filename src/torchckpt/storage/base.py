@@ -12,11 +12,9 @@ line in ``storage/__init__.py``) subclasses it and overrides what differs:
   losing each other's versions; ``multi_writer_safe`` says whether it does;
 * **fast paths**: memory-mapped checksums and loads on a local disk, concurrent
   multipart uploads and ranged reads on S3;
-* **reachability** (``check``): a missing bucket or a file in the way fails at
-  construction, with a message that says what to do.
+* **reachability** (``check``): a missing bucket or a file in the way fails at construction.
 
-This base class is itself the generic backend: correct on any fsspec
-filesystem for one writer at a time.
+This base class is itself the generic backend (any fsspec filesystem, one writer at a time).
 
 Call order for a version (what ``lifecycle.commit_version`` does): data files
 through ``version_writer(dir).open(name)``, then ``VersionWriter.commit`` (the
@@ -58,8 +56,9 @@ class Storage:
 
     #: How a version folder is committed (see ``storage/commit.py``).
     commit_strategy: ClassVar[CommitStrategy] = MarkerLast()
-    #: True when concurrent writers of one root cannot lose each other's manifest updates.
-    multi_writer_safe: ClassVar[bool] = False
+    #: True when concurrent writers of one root cannot lose each other's manifest updates
+    #: (a class default; object stores turn it off per instance when the probe says so).
+    multi_writer_safe: bool = False
     #: Short name for messages and docs.
     kind: ClassVar[str] = "generic"
 
@@ -332,16 +331,37 @@ class Storage:
             try:
                 yield f
             except BaseException:
-                discard = getattr(f, "discard", None)
-                if callable(discard):
-                    discard()
-                else:
-                    f.close()
-                    with contextlib.suppress(Exception):
-                        self.fs.rm_file(self.path(rel))
+                self.discard(f, rel)
                 raise
             f.close()
         self.invalidate(posixpath.dirname(rel))
+
+    def discard(self, f: IO[bytes], rel: str) -> None:
+        """Throw away an unfinished writer: nothing may ever be published under ``rel``.
+
+        fsspec's ``discard()`` is a no-op on most filesystems, and an unclosed write file commits
+        itself when garbage-collected: mark it closed too, and remove what was already stored.
+        """
+        discard = getattr(f, "discard", None)
+        with contextlib.suppress(Exception):
+            if callable(discard):
+                discard()  # S3 multipart: abort; gcsfs: cancel the resumable session
+        try:
+            f.closed = True  # type: ignore[misc]  # AbstractBufferedFile: __del__ then never close()s
+        except (AttributeError, TypeError):
+            with contextlib.suppress(Exception):
+                f.close()
+        with contextlib.suppress(Exception):
+            if self.fs.exists(self.path(rel)):
+                self.fs.rm_file(self.path(rel))
+
+    def abort_unfinished_uploads(self, older_than: float) -> list[str] | None:
+        """Abort uploads under the root started more than ``older_than`` seconds ago and never finished.
+
+        Returns:
+            The files whose uploads were aborted, or None when this server cannot list them.
+        """
+        return []
 
     def open_write(self, rel: str) -> IO[bytes]:
         """A streaming binary writer for a data file (not atomic by itself; durable once closed)."""

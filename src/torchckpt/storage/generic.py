@@ -16,5 +16,5 @@ from .base import Storage
 class GenericStorage(Storage):
     """A folder on an fsspec filesystem torchckpt has no dedicated backend for."""
 
-    multi_writer_safe: ClassVar[bool] = False
+    multi_writer_safe = False
     kind: ClassVar[str] = "generic"

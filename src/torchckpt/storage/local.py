@@ -34,7 +34,7 @@ class LocalStorage(Storage):
     """A folder on a local (or locally mounted) disk."""
 
     commit_strategy: ClassVar[CommitStrategy] = RenameIntoPlace()
-    multi_writer_safe: ClassVar[bool] = True
+    multi_writer_safe = True
     kind: ClassVar[str] = "local"
 
     def normalize_root(self, path: str) -> str:

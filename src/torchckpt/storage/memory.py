@@ -21,7 +21,7 @@ _LOCKS_GUARD = threading.Lock()
 class MemoryStorage(Storage):
     """A folder in fsspec's process-wide memory filesystem."""
 
-    multi_writer_safe: ClassVar[bool] = True
+    multi_writer_safe = True
     kind: ClassVar[str] = "memory"
 
     @contextlib.contextmanager

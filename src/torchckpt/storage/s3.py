@@ -6,20 +6,30 @@
   A 412/409 answer means another writer won; the caller reads again and retries.
 * Data files stream through ``S3MultipartWriter`` (concurrent parts from a
   bounded buffer pool); large reads go into one preallocated buffer.
+* A GET whose body is shorter or longer than the server announced
+  (a torn read of an object being replaced) raises ``TornReadError``; the
+  manifest code reads again.
+* ``gc`` aborts multipart uploads under the root that were never finished (where
+  the server can list them).
 * Endpoints come from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` unless the
   storage options name one; network calls are bounded by default timeouts.
 """
 
 from __future__ import annotations
 
+import logging
 import posixpath
+import time
 from collections.abc import Mapping
 from typing import IO, Any, ClassVar
 
-from ..errors import StorageError
+from ..errors import StorageError, TornReadError
 from ..hashing import checksum_bytes, verify_record
 from . import s3_transfer
-from .base import Storage, describe
+from .base import describe
+from .object_store import ObjectStore
+
+log = logging.getLogger(__name__)
 
 #: Bounded network behaviour unless the user chose otherwise.
 DEFAULT_CONFIG = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}}
@@ -35,10 +45,9 @@ def is_precondition_failure(exc: BaseException) -> bool:
     )
 
 
-class S3Storage(Storage):
+class S3Storage(ObjectStore):
     """A prefix in an S3 bucket."""
 
-    multi_writer_safe: ClassVar[bool] = True
     kind: ClassVar[str] = "s3"
 
     @classmethod
@@ -61,17 +70,21 @@ class S3Storage(Storage):
         return self.root.split("/", 1)[0]
 
     # ----- reachability -------------------------------------------------------------------------------
-    def folders_are_implicit(self) -> bool:
-        return True
-
-    def create_root(self) -> None:
-        """Nothing to create: a prefix exists once an object is under it."""
+    def server_identity(self) -> str:
+        kwargs = self.storage_options.get("client_kwargs") or {}
+        return str(kwargs.get("endpoint_url") or self.storage_options.get("endpoint_url") or "aws")
 
     def check_container(self) -> None:
         try:
-            self.fs.ls(self.bucket, detail=False)
+            self.fs.call_s3("head_bucket", Bucket=self.bucket)
         except FileNotFoundError:
             raise StorageError(f"bucket {self.bucket!r} of {self.root_url} does not exist: create it first") from None
+        except PermissionError as exc:
+            raise StorageError(
+                f"{self.root_url}: access to bucket {self.bucket!r} was denied ({exc}): check the credentials"
+            ) from None
+        except Exception as exc:
+            raise StorageError(f"cannot reach {self.root_url}: {describe(exc)}") from exc
 
     # ----- reading ----------------------------------------------------------------------------------------
     def read_bytes(self, rel: str) -> bytes:
@@ -101,11 +114,22 @@ class S3Storage(Storage):
         """Concurrent multipart upload from a bounded buffer pool (s3fs's own writer is sequential)."""
         return s3_transfer.S3MultipartWriter(self.fs, self.path(rel))
 
-    def existing(self, paths: list[str]) -> list[str]:
-        return paths  # a multi-object delete ignores missing keys: no HEAD per key
-
-    def remove_empty_folders(self, rels: list[str]) -> None:
-        """Object stores have no folders: nothing is left once the objects are gone."""
+    def abort_unfinished_uploads(self, older_than: float) -> list[str] | None:
+        prefix = self.root.split("/", 1)[1] + "/" if "/" in self.root else ""
+        try:
+            resp = self.fs.call_s3("list_multipart_uploads", Bucket=self.bucket, Prefix=prefix)
+        except Exception as exc:  # s3rver & co.: NotImplemented
+            log.debug("listing multipart uploads under %s failed: %s", self.root_url, exc)
+            return None
+        aborted = []
+        for up in resp.get("Uploads") or []:
+            started = up.get("Initiated")
+            if started is not None and time.time() - started.timestamp() < older_than:
+                continue  # possibly a save in progress
+            with self.errors("aborting an upload", up["Key"][len(prefix):]):
+                self.fs.call_s3("abort_multipart_upload", Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+            aborted.append(up["Key"][len(prefix):])
+        return aborted
 
     # ----- compare-and-swap ---------------------------------------------------------------------------------
     def read_versioned(self, rel: str) -> tuple[bytes | None, str | None]:
@@ -117,9 +141,11 @@ class S3Storage(Storage):
             resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
             body = resp["Body"]
             try:
-                return await body.read(), resp["ETag"]
+                data = await body.read()
             finally:
                 body.close()
+            check_whole(self.url(rel), data, resp.get("ContentLength"))
+            return data, resp["ETag"]
 
         with self.errors("reading", rel):
             try:  # one GET: the content and the ETag of that very content (a HEAD first was 2 requests)
@@ -139,6 +165,16 @@ class S3Storage(Storage):
             raise StorageError(f"writing {self.url(rel)} failed: {describe(exc)}") from exc
         self.invalidate(posixpath.dirname(rel))
         return True
+
+
+def check_whole(url: str, data: bytes, length: int | None) -> None:
+    """Raise ``TornReadError`` when ``data`` is not as long as the server announced.
+
+    (An ETag is not always an MD5 - SSE-KMS, multipart - so it is not compared; botocore
+    validates the stored CRC checksums itself where the server keeps them.)
+    """
+    if length is not None and int(length) != len(data):
+        raise TornReadError(f"{url}: read {len(data)} bytes, the server announced {length}")
 
 
 def _env_endpoint() -> str | None:
