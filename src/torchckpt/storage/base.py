@@ -24,9 +24,7 @@ marker), then the manifest through ``lock``/``read_versioned``/``write_condition
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import mmap
 import os
 import posixpath
 import warnings
@@ -36,16 +34,14 @@ from typing import IO, Any, ClassVar
 import fsspec
 
 from ..errors import CheckpointError, SingleWriterWarning, StorageError
-from ..hashing import checksum_bytes, checksum_stream, verify_record
 from .commit import CommitStrategy, MarkerLast, VersionWriter
+from .reads import Reads
 
 log = logging.getLogger(__name__)
 
-#: Bytes a streamed read asks for at a time.
-STREAM_CHUNK = 8 << 20
 
 
-class Storage:
+class Storage(Reads):
     """A root folder on one fsspec filesystem (the generic, single-writer backend).
 
     Attributes:
@@ -188,122 +184,6 @@ class Storage:
     def create_root(self) -> None:
         """Create the root folder (object stores: nothing to create)."""
         self.fs.makedirs(self.root, exist_ok=True)
-
-    # ----- reading ------------------------------------------------------------------------------------------
-    def invalidate(self, rel: str = "") -> None:
-        """Forget any cached listing of ``rel`` (fsspec filesystems cache directory listings)."""
-        self.fs.invalidate_cache(self.path(rel))
-
-    def exists(self, rel: str) -> bool:
-        """Whether ``rel`` exists now (no cached listing)."""
-        self.invalidate(rel)
-        with self.errors("checking", rel):
-            return bool(self.fs.exists(self.path(rel)))
-
-    def read_bytes(self, rel: str) -> bytes:
-        """The whole content of a (small) file.
-
-        Raises:
-            FileNotFoundError: it does not exist.
-            StorageError: the backend failed.
-        """
-        with self.errors("reading", rel):
-            return bytes(self.fs.cat_file(self.path(rel)))
-
-    def read_range(self, rel: str, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of a file (one ranged read where the backend has them)."""
-        with self.errors("reading", rel):
-            return bytes(self.fs.cat_file(self.path(rel), start=start, end=end))
-
-    def open_read(self, rel: str) -> IO[bytes]:
-        """A seekable binary reader (an in-memory copy unless the backend can do better)."""
-        return io.BytesIO(self.read_bytes(rel))
-
-    def open_stream(self, rel: str, *, block_size: int = STREAM_CHUNK) -> IO[bytes]:
-        """A sequential reader that holds at most about ``block_size`` bytes at a time.
-
-        Raises:
-            FileNotFoundError: the file does not exist.
-        """
-        with self.errors("reading", rel):
-            return self.fs.open(self.path(rel), "rb", block_size=block_size)  # type: ignore[no-any-return]
-
-    def read_buffer(self, rel: str, size: int) -> bytearray:
-        """A whole file of expected ``size`` in one buffer (no joined second copy).
-
-        A file of another size is returned at its real length (or one byte longer
-        when it is longer), so the caller's size check reports it.
-        """
-        buf = bytearray(size)
-        with self.errors("reading", rel), self.fs.open(self.path(rel), "rb") as f:
-            got = _read_into(f, buf)
-            extra = f.read(1)
-        if got < size:
-            del buf[got:]
-        return buf + extra if extra else buf
-
-    def map_read(self, rel: str) -> mmap.mmap | None:
-        """A private, copy-on-write memory map of a whole file, where the backend has local files.
-
-        Tensors made from it see the page cache directly (no read copy); writes to them
-        stay private to this process and never reach the file. Backends without local
-        files return None and callers read the bytes instead (``read_buffer``).
-
-        Raises:
-            FileNotFoundError: the file does not exist.
-            StorageError: the backend failed.
-        """
-        return None
-
-    def checksum(self, rel: str) -> tuple[str, int]:
-        """Checksum and size of a stored file, read as a stream.
-
-        Raises:
-            FileNotFoundError: the file does not exist.
-            StorageError: the backend failed.
-        """
-        with self.errors("verifying", rel), self.open_stream(rel) as f:
-            return checksum_stream(f)
-
-    def load_source(self, rel: str, expected: Mapping[str, Any] | None, *, verify: bool) -> str | IO[bytes]:
-        """What ``torch.load`` should read ``rel`` from, its size and checksum checked first.
-
-        Inside ``hashing.overlapped_checks()`` a backend may check the bytes on a
-        worker thread instead (the local disk does); the block's end waits for it.
-
-        Returns:
-            A local path (memory-mappable) on a local disk, else a seekable in-memory reader.
-
-        Raises:
-            ChecksumMismatchError: ``verify`` and the bytes differ from ``expected``.
-            FileNotFoundError: the file does not exist.
-        """
-        data = self.read_bytes(rel)
-        if verify and expected:
-            verify_record(self.url(rel), expected, checksum_bytes(data), len(data))
-        return io.BytesIO(data)
-
-    def list_names(self, rel: str) -> list[str]:
-        """Names directly under ``rel`` (no cache), empty when it does not exist."""
-        self.invalidate(rel)
-        with self.errors("listing", rel):
-            try:
-                entries = self.fs.ls(self.path(rel), detail=False)
-            except FileNotFoundError:
-                return []
-        return sorted({posixpath.basename(str(e).rstrip("/")) for e in entries} - {""})
-
-    def size(self, rel: str) -> int:
-        """Size in bytes of a stored file."""
-        with self.errors("stat", rel):
-            return int(self.fs.size(self.path(rel)))
-
-    def modified(self, rel: str) -> float | None:
-        """Last modification time (POSIX seconds) when the backend knows it."""
-        try:
-            return float(self.fs.modified(self.path(rel)).timestamp())
-        except Exception:  # folders on object stores have no mtime
-            return None
 
     # ----- writing --------------------------------------------------------------------------------------------
     def write_bytes(self, rel: str, data: bytes) -> None:
@@ -461,17 +341,3 @@ class Storage:
 def describe(exc: BaseException) -> str:
     """``Type: message`` of a backend exception, for one-line errors."""
     return f"{type(exc).__name__}: {exc}"
-
-
-def _read_into(f: Any, buf: bytearray) -> int:
-    view, got = memoryview(buf), 0
-    while got < len(buf):
-        n = f.readinto(view[got:]) if hasattr(f, "readinto") else None
-        if n is None:
-            chunk = f.read(len(buf) - got)
-            n = len(chunk)
-            view[got : got + n] = chunk
-        if not n:
-            break
-        got += n
-    return got
