@@ -34,6 +34,12 @@ from torchckpt.training import ResumableSampler
 WORLD = 2
 
 
+def say(line: str) -> None:
+    """Print one line with a single write: the ranks share stdout, and print() writes the newline apart."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def make_model() -> nn.Module:
     """The bare model (the same initial weights on every rank)."""
     torch.manual_seed(0)
@@ -62,7 +68,7 @@ def train(rank: int, world: int, root: str, steps: int, save_every: int, step_de
                             preemption_signals=(signal.SIGTERM,))
     ckpt = mgr.restore(model=model, optimizer=opt, sampler=sampler, missing_ok=True)  # every rank reads
     step = ckpt.step + 1 if ckpt else 0
-    print(f"rank {rank} pid {os.getpid()} starts at step {step}", flush=True)
+    say(f"rank {rank} pid {os.getpid()} starts at step {step}")
     try:
         while step < steps:
             for x, y in sampler.batches(loader):
@@ -71,11 +77,11 @@ def train(rank: int, world: int, root: str, steps: int, save_every: int, step_de
                 opt.zero_grad()
                 loss.backward()  # DDP averages the gradients over the ranks
                 opt.step()
-                print(f"rank {rank} step {step} loss {loss.item():.6f}", flush=True)
+                say(f"rank {rank} step {step} loss {loss.item():.6f}")
                 mgr.maybe_save(step, model=model, optimizer=opt, sampler=sampler)  # rank 0 writes
                 if mgr.preempted:  # every rank sees it at the same step, whichever rank got the signal
                     arrived = signal_steps[0] if signal_steps else "-"
-                    print(f"rank {rank} preempted: signal here during step {arrived}; saved step {step}", flush=True)
+                    say(f"rank {rank} preempted: signal here during step {arrived}; saved step {step}")
                     return
                 step += 1
                 if step >= steps:
@@ -84,7 +90,7 @@ def train(rank: int, world: int, root: str, steps: int, save_every: int, step_de
         latest = mgr.latest() if rank == 0 else None
         if latest is None or latest.step != steps - 1:
             mgr.save(steps - 1, model=model, optimizer=opt, sampler=sampler)  # the final state (rank 0 writes)
-        print(f"rank {rank} done at step {steps - 1}", flush=True)
+        say(f"rank {rank} done at step {steps - 1}")
     finally:
         mgr.close()
 

@@ -43,7 +43,7 @@ class Running:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env)
+                                     text=True, env=env, start_new_session=True)  # a group of its own: see kill()
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -61,15 +61,31 @@ class Running:
             if m := re.search(pattern, line):
                 return m
         while True:
-            line = self._queue.get(timeout=max(0.1, deadline - time.monotonic()))
+            try:
+                line = self._queue.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                self.kill()  # never leave a training process running behind a failed test
+                raise AssertionError(f"no line matching {pattern!r} within {timeout:g} s:\n"
+                                     + "\n".join(self.lines[-30:])) from None
             if line is None:
                 raise AssertionError(f"process ended without {pattern!r}:\n" + "\n".join(self.lines[-30:]))
             self.lines.append(line)
             if m := re.search(pattern, line):
                 return m
 
+    def kill(self) -> None:
+        """Kill the process and its children (ranks started by mp.spawn): its whole process group."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
     def finish(self, timeout: float = 180) -> int:
-        rc = self.proc.wait(timeout=timeout)
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
         while (line := self._queue.get(timeout=30)) is not None:
             self.lines.append(line)
         return rc
