@@ -96,8 +96,9 @@ def main() -> None:
                     waited = [0.0]
                     plain_wait = type(saver).wait_snapshot
 
-                    def timed_wait(_saver: object = saver, _plain: object = plain_wait,
-                                   _waited: list[float] = waited) -> None:
+                    def timed_wait(
+                        _saver: object = saver, _plain: object = plain_wait, _waited: list[float] = waited
+                    ) -> None:
                         w0 = time.perf_counter()
                         _plain(_saver)  # type: ignore[operator]
                         _waited[0] += time.perf_counter() - w0
@@ -122,17 +123,23 @@ def main() -> None:
             mgr.close()
         shutil.rmtree(work, ignore_errors=True)
     sync = statistics.median(results["sync"])
-    print(f"\ncommand: `python benchmarks/async_loop.py {' '.join(sys.argv[1:])}`; state {human(nbytes)}, "
-          f"step {statistics.median(base):.3f} s median [{min(base):.3f}-{max(base):.3f}]\n")
-    print("| mode | caller blocked in save | lost: save call + waits it caused | lost / sync save | target | met "
-          "| steps in flight | (info) wall-clock beyond median steps |")
+    print(
+        f"\ncommand: `python benchmarks/async_loop.py {' '.join(sys.argv[1:])}`; state {human(nbytes)}, "
+        f"step {statistics.median(base):.3f} s median [{min(base):.3f}-{max(base):.3f}]\n"
+    )
+    print(
+        "| mode | caller blocked in save | lost: save call + waits it caused | lost / sync save | target | met "
+        "| steps in flight | (info) wall-clock beyond median steps |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     print(f"| sync save | {fmt(blocked['sync'])} | {fmt(results['sync'])} | 100% | - | - | - | - |")
     for name in ("async", "overlap"):
         lost = statistics.median(results[name])
         label = "async (copy, then write)" if name == "async" else "async, overlap_snapshot=True"
-        print(f"| {label} | {fmt(blocked[name])} | {fmt(results[name])} | {lost / sync * 100:.1f}% | <= 5% | "
-              f"{'yes' if lost <= 0.05 * sync else 'no'} | {steps_in_flight[name]} | {fmt(contention[name])} |")
+        print(
+            f"| {label} | {fmt(blocked[name])} | {fmt(results[name])} | {lost / sync * 100:.1f}% | <= 5% | "
+            f"{'yes' if lost <= 0.05 * sync else 'no'} | {steps_in_flight[name]} | {fmt(contention[name])} |"
+        )
 
 
 if __name__ == "__main__":

@@ -74,8 +74,9 @@ def _rank(rank: int, world: int, init: str, root: str, mb: float, layers: int, r
 
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         logging.getLogger("torchckpt.distributed").setLevel(logging.DEBUG)
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world,
-                            timeout=timedelta(minutes=5))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init}", rank=rank, world_size=world, timeout=timedelta(minutes=5)
+    )
     try:
         mesh = init_device_mesh("cpu", (world,))
         model, _ = build(mb, layers)
@@ -91,8 +92,9 @@ def _rank(rank: int, world: int, init: str, root: str, mb: float, layers: int, r
         if rank == 0:  # the same state, unsharded, saved by this one process (rank 1 waits meanwhile)
             full_model, full_opt = build(mb, layers)
             step(full_model, full_opt)
-            single = CheckpointManager(os.path.join(root, "single"), retention=RetentionPolicy(keep_last=1),
-                                       distributed=False)
+            single = CheckpointManager(
+                os.path.join(root, "single"), retention=RetentionPolicy(keep_last=1), distributed=False
+            )
         times, single_times, blocked, background = [], [], [], []
         amgr = CheckpointManager(os.path.join(root, "ranks-async"), retention=RetentionPolicy(keep_last=1))
         for i in range(repeat):  # interleaved, so that both see the same machine load
@@ -119,9 +121,17 @@ def _rank(rank: int, world: int, init: str, root: str, mb: float, layers: int, r
             background.append(float(both[1]))
         if rank == 0:
             with open(out, "w") as f:
-                json.dump({"median": statistics.median(times), "single": statistics.median(single_times),
-                           "files": sorted(mgr.latest().files), "blocked": blocked, "async_total": background,
-                           "sync": times}, f)
+                json.dump(
+                    {
+                        "median": statistics.median(times),
+                        "single": statistics.median(single_times),
+                        "files": sorted(mgr.latest().files),
+                        "blocked": blocked,
+                        "async_total": background,
+                        "sync": times,
+                    },
+                    f,
+                )
         amgr.close()
     finally:
         dist.destroy_process_group()
@@ -152,22 +162,30 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.root) as base:
         model, _ = build(args.mb, args.layers)
-        print(f"state: {state_mb(model):.0f} MB ({args.layers} layers), torch {torch.__version__}, "
-              f"{os.cpu_count()} CPU(s), root {base}")
+        print(
+            f"state: {state_mb(model):.0f} MB ({args.layers} layers), torch {torch.__version__}, "
+            f"{os.cpu_count()} CPU(s), root {base}"
+        )
         res = time_ranks(base, args.world, args.mb, args.layers, args.repeat)
         ranks, single, files = res["median"], res["single"], res["files"]
         single_dcp = time_single(os.path.join(base, "single-dcp"), args.mb, args.layers, args.repeat, True)
         mb = state_mb(model)
         print(f"1 process, state.pt:          {single:7.3f} s  ({mb / single:6.0f} MB/s)")
         print(f"1 process, DCP:               {single_dcp:7.3f} s  ({mb / single_dcp:6.0f} MB/s)")
-        print(f"{args.world} ranks, DCP (sharded):     {ranks:7.3f} s  ({mb / ranks:6.0f} MB/s)"
-              f"  files: {', '.join(files)}")
-        print(f"ratio {args.world}-rank / 1-process state.pt: {ranks / single:.2f}x; "
-              f"{args.world}-rank / 1-process DCP: {ranks / single_dcp:.2f}x")
+        print(
+            f"{args.world} ranks, DCP (sharded):     {ranks:7.3f} s  ({mb / ranks:6.0f} MB/s)"
+            f"  files: {', '.join(files)}"
+        )
+        print(
+            f"ratio {args.world}-rank / 1-process state.pt: {ranks / single:.2f}x; "
+            f"{args.world}-rank / 1-process DCP: {ranks / single_dcp:.2f}x"
+        )
         blocked = statistics.median(res["blocked"])
-        print(f"{args.world} ranks, DCP, blocking=False: caller blocked {_fmt(res['blocked'])} (slowest rank), "
-              f"whole save {_fmt(res['async_total'])}; sync sharded save {_fmt(res['sync'])}; "
-              f"blocked / sync = {blocked / statistics.median(res['sync']) * 100:.0f}%")
+        print(
+            f"{args.world} ranks, DCP, blocking=False: caller blocked {_fmt(res['blocked'])} (slowest rank), "
+            f"whole save {_fmt(res['async_total'])}; sync sharded save {_fmt(res['sync'])}; "
+            f"blocked / sync = {blocked / statistics.median(res['sync']) * 100:.0f}%"
+        )
     sys.stdout.flush()
 
 

@@ -83,11 +83,15 @@ def r1_r2(args: argparse.Namespace, work: str) -> None:
     mst.save(1, model=net)
     print(f"R1/R2 module state {human(args.size)}", flush=True)
     if "R1" in args.only:
-        tp, to = alternate(lambda: net.load_state_dict(torch.load(plain, mmap=True, weights_only=True)),
-                           lambda: mgr.restore(model=net), args.reps)
+        tp, to = alternate(
+            lambda: net.load_state_dict(torch.load(plain, mmap=True, weights_only=True)),
+            lambda: mgr.restore(model=net),
+            args.reps,
+        )
         ratio_row("R1", "verified restore vs torch.load(mmap)+lsd", tp, to, 1.25)
-        tp, to = alternate(lambda: net.load_state_dict(torch.load(plain, weights_only=True)),
-                           lambda: mgr.restore(model=net), args.reps)
+        tp, to = alternate(
+            lambda: net.load_state_dict(torch.load(plain, weights_only=True)), lambda: mgr.restore(model=net), args.reps
+        )
         ratio_row("P2", "verified restore vs torch.load+lsd", tp, to, 0.5)
     if "R2" in args.only:
         tp, to = alternate(lambda: net.load_state_dict(st.load_file(stf)), lambda: mst.restore(model=net), args.reps)
@@ -128,8 +132,14 @@ def r3_r5(args: argparse.Namespace, work: str) -> None:
     alone.save(1, model=model)
     if "R3" in args.only:
         tp, to = alternate(lambda: alone.restore(model=model), lambda: both.restore(model=model), args.reps)
-        ratio_row("R3", "restore(model=) of model+Adam vs model-only", tp, to, 1.20,
-                  "files " + ", ".join(f"{k} {human(v['size'])}" for k, v in info.files.items()))
+        ratio_row(
+            "R3",
+            "restore(model=) of model+Adam vs model-only",
+            tp,
+            to,
+            1.20,
+            "files " + ", ".join(f"{k} {human(v['size'])}" for k, v in info.files.items()),
+        )
     if "R5" in args.only:
         buf = io.BytesIO()
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, buf)
@@ -186,8 +196,16 @@ def r3_s3(args: argparse.Namespace) -> None:
         fs._call_s3 = original
         model_bytes = info.files["model.state.pt"]["size"]
         r = sum(fetched) / model_bytes
-        row("R3", "S3 restore(model=): bytes fetched vs model's", human(model_bytes), human(sum(fetched)), f"{r:.3f}x",
-            "<= 1.10x", r <= 1.1, f"{len(fetched)} GETs; version {human(info.size_bytes)}")
+        row(
+            "R3",
+            "S3 restore(model=): bytes fetched vs model's",
+            human(model_bytes),
+            human(sum(fetched)),
+            f"{r:.3f}x",
+            "<= 1.10x",
+            r <= 1.1,
+            f"{len(fetched)} GETs; version {human(info.size_bytes)}",
+        )
         mgr.close()
 
 
@@ -218,13 +236,16 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     with open("/proc/loadavg") as f:
         load_end = f.read().split()[0]
-    print(f"\ncommand: `python benchmarks/round2.py {' '.join(sys.argv[1:])}`  loadavg {info['loadavg']} -> "
-          f"{load_end}\n")
+    print(
+        f"\ncommand: `python benchmarks/round2.py {' '.join(sys.argv[1:])}`  loadavg {info['loadavg']} -> {load_end}\n"
+    )
     print("| case | what | plain | torchckpt | ratio | target | met | note |")
     print("|---|---|---|---|---|---|---|---|")
     for r in ROWS:
-        print(f"| {r['case']} | {r['what']} | {r['plain']} | {r['ours']} | {r['ratio']} | {r['target']} | {r['met']} "
-              f"| {r['note']} |")
+        print(
+            f"| {r['case']} | {r['what']} | {r['plain']} | {r['ours']} | {r['ratio']} | {r['target']} | {r['met']} "
+            f"| {r['note']} |"
+        )
 
 
 if __name__ == "__main__":

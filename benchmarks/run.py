@@ -122,8 +122,12 @@ def peak_extra_rss(fn: Callable[[], Any]) -> tuple[int, Any]:
     return max(0, peak[0] - before), out
 
 
-def alternate(plain: Callable[[], float | None], ours: Callable[[], float | None], reps: int,
-              between: Callable[[], None] | None = None) -> tuple[list[float], list[float]]:
+def alternate(
+    plain: Callable[[], float | None],
+    ours: Callable[[], float | None],
+    reps: int,
+    between: Callable[[], None] | None = None,
+) -> tuple[list[float], list[float]]:
     """Run both ``reps`` times, alternating which goes first; each returns its own time or None (timed here)."""
     times: dict[str, list[float]] = {"plain": [], "ours": []}
     for rep in range(reps):
@@ -139,11 +143,21 @@ def alternate(plain: Callable[[], float | None], ours: Callable[[], float | None
 
 
 def row(case: str, what: str, plain: str, ours: str, ratio: str, target: str, met: bool | None, note: str = "") -> None:
-    r = dict(case=case, what=what, plain=plain, ours=ours, ratio=ratio, target=target,
-             met="yes" if met else ("no" if met is not None else "-"), note=note)
+    r = dict(
+        case=case,
+        what=what,
+        plain=plain,
+        ours=ours,
+        ratio=ratio,
+        target=target,
+        met="yes" if met else ("no" if met is not None else "-"),
+        note=note,
+    )
     ROWS.append(r)
-    print(f"  {case:4} {what:44} plain {plain:30} torchckpt {ours:30} ratio {ratio:8} target {target:12} met {r['met']} {note}",
-          flush=True)
+    print(
+        f"  {case:4} {what:44} plain {plain:30} torchckpt {ours:30} ratio {ratio:8} target {target:12} met {r['met']} {note}",
+        flush=True,
+    )
 
 
 # ----- the state ----------------------------------------------------------------------------------------
@@ -221,17 +235,32 @@ def local_cases(args: argparse.Namespace, model: Net, opt: torch.optim.Adam, siz
             tp, to = alternate(lambda: plain_save(model, opt, plain_path), ours_save, args.reps, tidy)
             sync_median = statistics.median(to)
             ratio = statistics.median(to) / statistics.median(tp)
-            row("P1", "sync save incl. checksum + fsync", fmt(tp), fmt(to), f"{ratio:.2f}x", "<= 0.80x", ratio <= 0.8,
-                f"{size / statistics.median(to) / MiB:.0f} MiB/s")
+            row(
+                "P1",
+                "sync save incl. checksum + fsync",
+                fmt(tp),
+                fmt(to),
+                f"{ratio:.2f}x",
+                "<= 0.80x",
+                ratio <= 0.8,
+                f"{size / statistics.median(to) / MiB:.0f} MiB/s",
+            )
         if "P3" in only:
             print("P3 peak extra RSS of a sync save (local)", flush=True)
             tidy()
             plain_peak = [run_p3_child(args, "local-plain", args.size) for _ in range(2)]
             ours_peak = [run_p3_child(args, "local-ours", args.size) for _ in range(2)]
             bound = 64 * MiB + 0.05 * size
-            row("P3", "peak extra RSS, sync save, local (fresh process)", human(max(plain_peak)), human(max(ours_peak)),
-                f"{max(ours_peak) / size * 100:.1f}%", f"<= {human(bound)}", max(ours_peak) <= bound,
-                "max of 2 child processes")
+            row(
+                "P3",
+                "peak extra RSS, sync save, local (fresh process)",
+                human(max(plain_peak)),
+                human(max(ours_peak)),
+                f"{max(ours_peak) / size * 100:.1f}%",
+                f"<= {human(bound)}",
+                max(ours_peak) <= bound,
+                "max of 2 child processes",
+            )
         if "P4" in only:
             print("P4 async save: time the caller is blocked", flush=True)
             tensors = all_tensors(model, opt)
@@ -262,13 +291,28 @@ def local_cases(args: argparse.Namespace, model: Net, opt: torch.optim.Adam, siz
             tc, _ = alternate(torch_copy, lambda: None, args.reps)
             amgr.close()
             ratio = statistics.median(to) / statistics.median(tp)
-            row("P4", "async save: caller blocked vs memcpy", fmt(tp), fmt(to), f"{ratio:.2f}x", "<= 1.50x", ratio <= 1.5,
+            row(
+                "P4",
+                "async save: caller blocked vs memcpy",
+                fmt(tp),
+                fmt(to),
+                f"{ratio:.2f}x",
+                "<= 1.50x",
+                ratio <= 1.5,
                 f"background (blocked+write) {statistics.median(background):.2f}s; "
-                f"torch copy_ into preallocated {fmt(tc)}")
+                f"torch copy_ into preallocated {fmt(tc)}",
+            )
             if sync_median:
                 r2 = statistics.median(to) / sync_median
-                row("P4", "async save: caller blocked vs sync save", f"{sync_median:.3f} s (sync)", fmt(to),
-                    f"{r2 * 100:.0f}%", "<= 20%", r2 <= 0.2)
+                row(
+                    "P4",
+                    "async save: caller blocked vs sync save",
+                    f"{sync_median:.3f} s (sync)",
+                    fmt(to),
+                    f"{r2 * 100:.0f}%",
+                    "<= 20%",
+                    r2 <= 0.2,
+                )
             del staging
             shutil.rmtree(os.path.join(work, "async"), ignore_errors=True)
         if "P2" in only:
@@ -287,8 +331,15 @@ def local_cases(args: argparse.Namespace, model: Net, opt: torch.optim.Adam, siz
 
             tp, to = alternate(plain_restore, ours_restore, args.reps)
             ratio = statistics.median(to) / statistics.median(tp)
-            row("P2", "restore incl. checksum (warm page cache)", fmt(tp), fmt(to), f"{ratio:.2f}x", "<= 0.50x",
-                ratio <= 0.5)
+            row(
+                "P2",
+                "restore incl. checksum (warm page cache)",
+                fmt(tp),
+                fmt(to),
+                f"{ratio:.2f}x",
+                "<= 0.50x",
+                ratio <= 0.5,
+            )
     finally:
         mgr.close()
         shutil.rmtree(work, ignore_errors=True)
@@ -394,18 +445,31 @@ def s3_cases(args: argparse.Namespace, size: int, only: set[str]) -> None:
 
             tp, to = alternate(pipe, ours_save, args.s3_reps, tidy)
             ratio = statistics.median(tp) / statistics.median(to)
-            row("P5", "S3 save throughput vs fs.pipe (moto)",
+            row(
+                "P5",
+                "S3 save throughput vs fs.pipe (moto)",
                 f"{fmt(tp)} = {len(data) / statistics.median(tp) / MiB:.0f} MiB/s",
-                f"{fmt(to)} = {len(data) / statistics.median(to) / MiB:.0f} MiB/s", f"{ratio:.2f}x", ">= 1.00x",
-                ratio >= 1.0, f"parts {s3_transfer.PART_SIZE // MiB} MiB x {s3_transfer.CONCURRENCY} in flight")
+                f"{fmt(to)} = {len(data) / statistics.median(to) / MiB:.0f} MiB/s",
+                f"{ratio:.2f}x",
+                ">= 1.00x",
+                ratio >= 1.0,
+                f"parts {s3_transfer.PART_SIZE // MiB} MiB x {s3_transfer.CONCURRENCY} in flight",
+            )
             tidy()
             peak = max(run_p3_child(args, "s3-ours", s3_size, endpoint) for _ in range(2))
             pipe_peak = run_p3_child(args, "s3-pipe", s3_size, endpoint)
             ours_save()  # the version the restore cases read
             bound = 64 * MiB + 0.05 * real
-            row("P3", "peak extra RSS, sync save, S3 (fresh process)", f"{human(pipe_peak)} + the bytes", human(peak),
-                f"{peak / real * 100:.1f}%", f"<= {human(bound)}", peak <= bound,
-                "plain = fs.pipe of bytes already in memory")
+            row(
+                "P3",
+                "peak extra RSS, sync save, S3 (fresh process)",
+                f"{human(pipe_peak)} + the bytes",
+                human(peak),
+                f"{peak / real * 100:.1f}%",
+                f"<= {human(bound)}",
+                peak <= bound,
+                "plain = fs.pipe of bytes already in memory",
+            )
             # restore: a single cat vs ours
             info = mgr.latest()
             assert info is not None
@@ -437,18 +501,39 @@ def s3_cases(args: argparse.Namespace, size: int, only: set[str]) -> None:
             reps = args.s3_reps
             tp, to = alternate(cat, fetch1, reps)
             ratio = statistics.median(tp) / statistics.median(to)
-            row("P5", "S3 fetch+verify (1 GET) vs fs.cat (moto)",
+            row(
+                "P5",
+                "S3 fetch+verify (1 GET) vs fs.cat (moto)",
                 f"{fmt(tp)} = {nbytes / statistics.median(tp) / MiB:.0f} MiB/s",
-                f"{fmt(to)} = {nbytes / statistics.median(to) / MiB:.0f} MiB/s", f"{ratio:.2f}x", ">= 1.00x",
-                ratio >= 1.0, "fs.cat = s3fs: HEAD + 50 MiB ranged GETs, 10 at once")
+                f"{fmt(to)} = {nbytes / statistics.median(to) / MiB:.0f} MiB/s",
+                f"{ratio:.2f}x",
+                ">= 1.00x",
+                ratio >= 1.0,
+                "fs.cat = s3fs: HEAD + 50 MiB ranged GETs, 10 at once",
+            )
             tp2, to2 = alternate(cat, fetch4, reps)
             ratio = statistics.median(tp2) / statistics.median(to2)
-            row("P5", "S3 fetch+verify (4 ranged GETs) vs fs.cat", fmt(tp2), fmt(to2), f"{ratio:.2f}x", "(info)", None,
-                "moto reads the whole object per ranged GET")
+            row(
+                "P5",
+                "S3 fetch+verify (4 ranged GETs) vs fs.cat",
+                fmt(tp2),
+                fmt(to2),
+                f"{ratio:.2f}x",
+                "(info)",
+                None,
+                "moto reads the whole object per ranged GET",
+            )
             tp3, to3 = alternate(plain_restore, ours_restore, reps)
             ratio = statistics.median(tp3) / statistics.median(to3)
-            row("P5", "S3 full restore vs cat+torch.load+load_state_dict", fmt(tp3), fmt(to3), f"{ratio:.2f}x",
-                ">= 1.00x", ratio >= 1.0)
+            row(
+                "P5",
+                "S3 full restore vs cat+torch.load+load_state_dict",
+                fmt(tp3),
+                fmt(to3),
+                f"{ratio:.2f}x",
+                ">= 1.00x",
+                ratio >= 1.0,
+            )
             tidy()
             mgr.close()
             del model, opt, data
@@ -472,8 +557,16 @@ def p6(args: argparse.Namespace, fs: Any, opts: dict[str, Any]) -> None:
     for i in range(n):
         created = base + timedelta(seconds=i)
         vid = new_version_id(i, created)
-        infos.append(dataclasses.replace(template, version=vid, step=i, created_at=created,
-                                         url=mgr.storage.url(mf.version_dir(vid)), metrics={"loss": 1.0 / (i + 1)}))
+        infos.append(
+            dataclasses.replace(
+                template,
+                version=vid,
+                step=i,
+                created_at=created,
+                url=mgr.storage.url(mf.version_dir(vid)),
+                metrics={"loss": 1.0 / (i + 1)},
+            )
+        )
     mgr.storage.write_bytes(mf.MANIFEST, mf.encode(mf.Manifest(1, infos)))
     manifest_bytes = mgr.storage.size(mf.MANIFEST)
     # data for the k oldest versions (what pruning deletes), written in bulk
@@ -499,10 +592,26 @@ def p6(args: argparse.Namespace, fs: Any, opts: dict[str, Any]) -> None:
             latest = fresh.latest()
             times_latest.append(time.perf_counter() - t0)
     assert len(got) == n and latest is not None and latest.step == n - 1
-    row("P6", f"list() of {n} versions ({human(manifest_bytes)} manifest)", "-", fmt(times_list), "-",
-        "1 read", per_list == 1, f"{per_list:.0f} request(s): {sorted(c_list.calls)}")
-    row("P6", f"latest() of {n} versions", "-", fmt(times_latest), "-", "1 read",
-        c_latest.total / args.reps == 1, f"{c_latest.total / args.reps:.0f} request(s)")
+    row(
+        "P6",
+        f"list() of {n} versions ({human(manifest_bytes)} manifest)",
+        "-",
+        fmt(times_list),
+        "-",
+        "1 read",
+        per_list == 1,
+        f"{per_list:.0f} request(s): {sorted(c_list.calls)}",
+    )
+    row(
+        "P6",
+        f"latest() of {n} versions",
+        "-",
+        fmt(times_latest),
+        "-",
+        "1 read",
+        c_latest.total / args.reps == 1,
+        f"{c_latest.total / args.reps:.0f} request(s)",
+    )
     with CallCounter(fs2) as c_prune:
         t0 = time.perf_counter()
         removed = fresh.prune(RetentionPolicy(keep_last=n - k))
@@ -511,10 +620,18 @@ def p6(args: argparse.Namespace, fs: Any, opts: dict[str, Any]) -> None:
     fs.invalidate_cache()
     gone = {i.version for i in removed}
     left = [p for p in fs.find(fresh.storage.path(mf.VERSIONS)) if p.split("/")[-2] in gone]
-    row("P6", f"prune {k} of {n} versions", "-", f"{dt:.3f} s", "-", "batched",
-        c_prune.calls.get("delete_objects", 0) <= 2 * -(-k // 1000) and c_prune.total <= 2 * -(-k // 1000) + 8
+    row(
+        "P6",
+        f"prune {k} of {n} versions",
+        "-",
+        f"{dt:.3f} s",
+        "-",
+        "batched",
+        c_prune.calls.get("delete_objects", 0) <= 2 * -(-k // 1000)
+        and c_prune.total <= 2 * -(-k // 1000) + 8
         and not left,
-        f"{c_prune.total} requests: " + ", ".join(f"{m} x{c}" for m, c in sorted(c_prune.calls.items())))
+        f"{c_prune.total} requests: " + ", ".join(f"{m} x{c}" for m, c in sorted(c_prune.calls.items())),
+    )
     fresh.close()
     mgr.close()
 
@@ -535,9 +652,16 @@ def import_time(args: argparse.Namespace) -> None:
         a, b, heavy = (out.split() + [""])[:3]
         torch_t.append(float(a))
         ours_t.append(float(b))
-    row("imp", "import torchckpt after import torch", f"{fmt(torch_t)} (torch)", fmt(ours_t),
-        f"+{statistics.median(ours_t) / statistics.median(torch_t) * 100:.0f}%", "(report)", None,
-        f"loaded by torchckpt (of s3fs, boto*, aiohttp, safetensors, filelock, numpy, fsspec): {heavy}")
+    row(
+        "imp",
+        "import torchckpt after import torch",
+        f"{fmt(torch_t)} (torch)",
+        fmt(ours_t),
+        f"+{statistics.median(ours_t) / statistics.median(torch_t) * 100:.0f}%",
+        "(report)",
+        None,
+        f"loaded by torchckpt (of s3fs, boto*, aiohttp, safetensors, filelock, numpy, fsspec): {heavy}",
+    )
 
 
 # ----- P3 in a fresh child process ----------------------------------------------------------------------
@@ -659,7 +783,9 @@ def main() -> None:
     print("| case | what | plain | torchckpt | ratio | target | met | note |")
     print("|---|---|---|---|---|---|---|---|")
     for r in ROWS:
-        print(f"| {r['case']} | {r['what']} | {r['plain']} | {r['ours']} | {r['ratio']} | {r['target']} | {r['met']} | {r['note']} |")
+        print(
+            f"| {r['case']} | {r['what']} | {r['plain']} | {r['ours']} | {r['ratio']} | {r['target']} | {r['met']} | {r['note']} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": cmd, "machine": info, "rows": ROWS}, f, indent=1)

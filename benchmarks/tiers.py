@@ -90,8 +90,9 @@ def main() -> None:
             boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
             opts = {"client_kwargs": {"endpoint_url": endpoint}}
             direct = CheckpointManager("s3://bench/direct", storage_options=opts)
-            tiered = CheckpointManager("s3://bench/tiered", storage_options=opts, cache=os.path.join(work, "cache"),
-                                       cache_keep_last=1)
+            tiered = CheckpointManager(
+                "s3://bench/tiered", storage_options=opts, cache=os.path.join(work, "cache"), cache_keep_last=1
+            )
             local = CheckpointManager(os.path.join(work, "local"))
             step = [0]
             uploads: list[float] = []
@@ -118,14 +119,28 @@ def main() -> None:
             print("T1/T3: save to S3 directly vs save with a local cache (+ the background upload)", flush=True)
             td, tc = bench.alternate(direct_save, tiered_save, args.reps, tidy)
             ratio = statistics.median(tc) / statistics.median(td)
-            bench.row("T1", "save blocks: cache= (local) vs direct S3", bench.fmt(td), bench.fmt(tc),
-                      f"{ratio:.2f}x", "<= 0.20x", ratio <= 0.2)
+            bench.row(
+                "T1",
+                "save blocks: cache= (local) vs direct S3",
+                bench.fmt(td),
+                bench.fmt(tc),
+                f"{ratio:.2f}x",
+                "<= 0.20x",
+                ratio <= 0.2,
+            )
             thr_direct = size / statistics.median(td) / bench.MiB
             thr_upload = size / statistics.median(uploads) / bench.MiB
             ratio3 = thr_upload / thr_direct
-            bench.row("T3", "upload cache->S3 vs direct S3 save (throughput)",
-                      f"{bench.fmt(td)} = {thr_direct:.0f} MiB/s", f"{bench.fmt(uploads)} = {thr_upload:.0f} MiB/s",
-                      f"{ratio3:.2f}x", ">= 0.90x", ratio3 >= 0.9, "upload timed by wait(): copy + verify + list")
+            bench.row(
+                "T3",
+                "upload cache->S3 vs direct S3 save (throughput)",
+                f"{bench.fmt(td)} = {thr_direct:.0f} MiB/s",
+                f"{bench.fmt(uploads)} = {thr_upload:.0f} MiB/s",
+                f"{ratio3:.2f}x",
+                ">= 0.90x",
+                ratio3 >= 0.9,
+                "upload timed by wait(): copy + verify + list",
+            )
             tidy()
             local.save(step[0], model=model, optimizer=opt)
             latest = tiered.latest()
@@ -143,11 +158,25 @@ def main() -> None:
             ratio2 = statistics.median(tt) / statistics.median(tl)
             n = 3 * args.reps
             per = {m: c / n for m, c in sorted(counter.calls.items())}
-            bench.row("T2", "restore: tiered vs local-disk root", bench.fmt(tl), bench.fmt(tt), f"{ratio2:.2f}x",
-                      "<= 1.10x", ratio2 <= 1.10)
-            bench.row("T2", "  S3 reads per restore (from the root)", "-",
-                      f"{counter.data_bytes // n} data bytes, {counter.other_bytes // n} other", "-",
-                      "0 data bytes", counter.data_bytes == 0, f"requests per restore: {per}")
+            bench.row(
+                "T2",
+                "restore: tiered vs local-disk root",
+                bench.fmt(tl),
+                bench.fmt(tt),
+                f"{ratio2:.2f}x",
+                "<= 1.10x",
+                ratio2 <= 1.10,
+            )
+            bench.row(
+                "T2",
+                "  S3 reads per restore (from the root)",
+                "-",
+                f"{counter.data_bytes // n} data bytes, {counter.other_bytes // n} other",
+                "-",
+                "0 data bytes",
+                counter.data_bytes == 0,
+                f"requests per restore: {per}",
+            )
             for mgr in (direct, tiered, local):
                 mgr.close()
     finally:
@@ -162,8 +191,10 @@ def main() -> None:
     print("| case | what | plain | torchckpt | ratio | target | met | note |")
     print("|---|---|---|---|---|---|---|---|")
     for r in bench.ROWS:
-        print(f"| {r['case']} | {r['what']} | {r['plain']} | {r['ours']} | {r['ratio']} | {r['target']} | {r['met']} "
-              f"| {r['note']} |")
+        print(
+            f"| {r['case']} | {r['what']} | {r['plain']} | {r['ours']} | {r['ratio']} | {r['target']} | {r['met']} "
+            f"| {r['note']} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": cmd, "machine": info, "rows": bench.ROWS}, f, indent=1)

@@ -64,8 +64,9 @@ def train(rank: int, world: int, root: str, steps: int, save_every: int, step_de
     data = make_dataset()
     sampler = ResumableSampler(data, seed=0, num_replicas=world, rank=rank)
     loader = DataLoader(data, batch_size=8, sampler=sampler)
-    mgr = CheckpointManager(root, retention=RetentionPolicy(keep_last=3), save_every_steps=save_every,
-                            preemption_signals=(signal.SIGTERM,))
+    mgr = CheckpointManager(
+        root, retention=RetentionPolicy(keep_last=3), save_every_steps=save_every, preemption_signals=(signal.SIGTERM,)
+    )
     ckpt = mgr.restore(model=model, optimizer=opt, sampler=sampler, missing_ok=True)  # every rank reads
     step = ckpt.step + 1 if ckpt else 0
     say(f"rank {rank} pid {os.getpid()} starts at step {step}")
@@ -96,8 +97,9 @@ def train(rank: int, world: int, root: str, steps: int, save_every: int, step_de
 
 
 def _spawned(rank: int, init_file: str, args: argparse.Namespace) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=120))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=120)
+    )
     try:
         train(rank, WORLD, args.root, args.steps, args.save_every, args.step_delay)
         dist.barrier()  # leave together: a rank tearing down its group while another still uses it may abort

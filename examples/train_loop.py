@@ -49,8 +49,12 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, step: int) -> float
 def main(argv: list[str] | None = None) -> int:
     """Train ``--steps`` steps under ROOT, resuming from its latest version; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("root", nargs="?", default=os.environ.get("TORCHCKPT_ROOT", "checkpoints"),
-                        help="checkpoint root: a path or URL (default: $TORCHCKPT_ROOT or ./checkpoints)")
+    parser.add_argument(
+        "root",
+        nargs="?",
+        default=os.environ.get("TORCHCKPT_ROOT", "checkpoints"),
+        help="checkpoint root: a path or URL (default: $TORCHCKPT_ROOT or ./checkpoints)",
+    )
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--save-every", type=int, default=50, help="save every N steps")
     parser.add_argument("--save-every-seconds", type=float, default=None, help="also save every T seconds")
@@ -64,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
 
     model = make_model()
     opt = make_optimizer(model)
-    with CheckpointManager(args.root, retention=RetentionPolicy(keep_last=3), save_every_steps=args.save_every,
-                           save_every_seconds=args.save_every_seconds,
-                           preemption_signals=(signal.SIGTERM, signal.SIGUSR1)) as mgr:
+    with CheckpointManager(
+        args.root,
+        retention=RetentionPolicy(keep_last=3),
+        save_every_steps=args.save_every,
+        save_every_seconds=args.save_every_seconds,
+        preemption_signals=(signal.SIGTERM, signal.SIGUSR1),
+    ) as mgr:
         ckpt = mgr.restore(model=model, optimizer=opt, missing_ok=True)  # None on a fresh root
         start = ckpt.step + 1 if ckpt else 0
         print(f"resumed from step {ckpt.step}" if ckpt else "starting from scratch", flush=True)

@@ -39,8 +39,12 @@ def main(mode: str, root: str, options: dict[str, Any], phase: str) -> list[str]
         from torchdata.stateful_dataloader.sampler import RandomSampler
 
         # the documented form: the shuffling sampler owns its generator (see docs/training-loops.md)
-        loader: Any = StatefulDataLoader(data, batch_size=BATCH, generator=torch.Generator().manual_seed(8),
-                                         sampler=RandomSampler(data, generator=torch.Generator().manual_seed(7)))
+        loader: Any = StatefulDataLoader(
+            data,
+            batch_size=BATCH,
+            generator=torch.Generator().manual_seed(8),
+            sampler=RandomSampler(data, generator=torch.Generator().manual_seed(7)),
+        )
         position: Any = loader
         epochs = lambda: iter(loader)  # noqa: E731 - one pass per call; resumes mid-epoch after a restore
     else:
@@ -52,8 +56,7 @@ def main(mode: str, root: str, options: dict[str, Any], phase: str) -> list[str]
     mgr = CheckpointManager(root, storage_options=options or None)
     step = 0
     if phase == "second":
-        ckpt = mgr.restore(model=model, optimizer=opt, scheduler=sched, scaler=scaler, data=position,
-                           restore_rng=True)
+        ckpt = mgr.restore(model=model, optimizer=opt, scheduler=sched, scaler=scaler, data=position, restore_rng=True)
         step = ckpt.step + 1
     stop = SAVE_AFTER if phase == "first" else TOTAL
     losses: list[str] = []

@@ -29,7 +29,6 @@ import torch
 import torchckpt
 from torchckpt import CheckpointManager, RetentionPolicy
 
-
 SIZES = (256, 4096, 65536)
 
 
@@ -55,7 +54,7 @@ def manager(job: dict[str, Any], **kwargs: Any) -> CheckpointManager:
 def run_job(job: dict[str, Any]) -> int:
     kind = job["kind"]
     os.environ.update(job.get("env") or {})
-    progress = open(job["progress"], "a", buffering=1) if job.get("progress") else None
+    progress = open(job["progress"], "a", buffering=1) if job.get("progress") else None  # noqa: SIM115 (closed at exit)
     retention = RetentionPolicy(keep_last=job["keep_last"]) if job.get("keep_last") else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -96,7 +95,7 @@ class Zygote:
     def __init__(self, env: dict[str, str] | None = None, stderr_path: str | None = None) -> None:
         import subprocess
 
-        self._stderr = open(stderr_path or os.devnull, "ab")
+        self._stderr = open(stderr_path or os.devnull, "ab")  # noqa: SIM115 (closed with the process)
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__)],
             stdin=subprocess.PIPE,
@@ -186,8 +185,7 @@ class Tally:
         return {k: v for k, v in vars(self).items()}
 
 
-def check_after_kill(
-    mgr: CheckpointManager, progress_path: str | None, tally: Tally, *, step: int) -> None:
+def check_after_kill(mgr: CheckpointManager, progress_path: str | None, tally: Tally, *, step: int) -> None:
     """Every invariant the crash tests promise, checked right after a writer was SIGKILLed."""
     versions = mgr.list()
     listed = {v.version for v in versions}
@@ -199,7 +197,8 @@ def check_after_kill(
         tally.versions_checked += 1
     # 2. a save that returned is never lost (the newest returned one survives any retention)
     if progress_path and os.path.exists(progress_path):
-        lines = [ln.split() for ln in open(progress_path).read().splitlines() if ln.strip()]
+        with open(progress_path) as f:
+            lines = [ln.split() for ln in f.read().splitlines() if ln.strip()]
         tally.saves_returned += len(lines)
         if lines:
             assert lines[-1][1] in listed, f"save of {lines[-1][1]} returned but it is not listed"

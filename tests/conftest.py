@@ -17,8 +17,9 @@ import os
 # gcsfs reads this at import: its zonal-bucket gRPC probe waits 60 s per call on an emulator
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,7 @@ class Backend:
 
         return flat("", self.storage_options)
 
-    def sub(self, name: str) -> "Backend":
+    def sub(self, name: str) -> Backend:
         return Backend(self.kind, f"{self.url.rstrip('/')}/{name}", self.storage_options, self.env)
 
 

@@ -148,7 +148,7 @@ class FaultyFile:
             raise
         self._inner.close()
 
-    def __enter__(self) -> "FaultyFile":
+    def __enter__(self) -> FaultyFile:
         return self
 
     def __exit__(self, *exc: Any) -> None:

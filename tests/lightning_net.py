@@ -17,8 +17,13 @@ class Mode(enum.Enum):
 
 
 class Net(pl.LightningModule):
-    def __init__(self, data_dir: Path = Path("/data"), mode: Mode = Mode.FAST,
-                 args: argparse.Namespace | None = None, lr: float = 0.05) -> None:
+    def __init__(
+        self,
+        data_dir: Path = Path("/data"),
+        mode: Mode = Mode.FAST,
+        args: argparse.Namespace | None = None,
+        lr: float = 0.05,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.layer = torch.nn.Linear(4, 1)
@@ -48,9 +53,16 @@ def loaders() -> tuple[DataLoader, DataLoader]:
 def make_trainer(ckpt_io, max_epochs: int, root_dir, **ckpt_kwargs) -> pl.Trainer:
     ckpt = ckpt_io.model_checkpoint(monitor="val_loss", save_top_k=2, save_last=True, **ckpt_kwargs)
     return pl.Trainer(
-        max_epochs=max_epochs, val_check_interval=0.5, plugins=[ckpt_io], callbacks=[ckpt],
-        logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-        default_root_dir=str(root_dir), num_sanity_val_steps=0,
+        max_epochs=max_epochs,
+        val_check_interval=0.5,
+        plugins=[ckpt_io],
+        callbacks=[ckpt],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=str(root_dir),
+        num_sanity_val_steps=0,
     )
 
 

@@ -18,18 +18,40 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "torchckpt"
 
 #: top-level module or subpackage -> layer
 LAYERS: dict[str, int] = {
-    "errors": 0, "layout": 0, "text": 0,
-    "hashing": 1, "records": 1, "rng": 1, "fastload": 1,
+    "errors": 0,
+    "layout": 0,
+    "text": 0,
+    "hashing": 1,
+    "records": 1,
+    "rng": 1,
+    "fastload": 1,
     "storage": 2,
-    "manifest": 3, "retention": 3,
-    "selectors": 4, "lifecycle": 4, "formats": 4,
-    "saving": 5, "restoring": 5, "folders": 5, "administration": 5, "copying": 5, "tiers": 5, "maintenance": 5, "async_save": 5, "staging": 5, "distributed": 5,
-    "export": 5, "summary": 5, "training": 5, "live_objects": 5,
+    "manifest": 3,
+    "retention": 3,
+    "selectors": 4,
+    "lifecycle": 4,
+    "formats": 4,
+    "saving": 5,
+    "restoring": 5,
+    "folders": 5,
+    "administration": 5,
+    "copying": 5,
+    "tiers": 5,
+    "maintenance": 5,
+    "async_save": 5,
+    "staging": 5,
+    "distributed": 5,
+    "export": 5,
+    "summary": 5,
+    "training": 5,
+    "live_objects": 5,
     "manager": 6,
     "transfer": 7,
-    "integrations": 8, "demo": 8,
+    "integrations": 8,
+    "demo": 8,
     "cli": 9,
-    "__init__": 10, "__main__": 10,
+    "__init__": 10,
+    "__main__": 10,
 }
 MAX_LINES = 460
 
@@ -89,8 +111,10 @@ def test_no_import_goes_up_a_layer_and_no_private_names_cross_modules() -> None:
             targets = {n for n in names if n in LAYERS} if len(parts) == 1 else {parts[1]}
             for target in targets or {"__init__"}:
                 if target != unit and LAYERS[target] > LAYERS[unit]:
-                    problems.append(f"{path.relative_to(SRC)}:{line} imports {module} {names} (layer "
-                                    f"{LAYERS[target]} > {LAYERS[unit]})")
+                    problems.append(
+                        f"{path.relative_to(SRC)}:{line} imports {module} {names} (layer "
+                        f"{LAYERS[target]} > {LAYERS[unit]})"
+                    )
             private = [n for n in names if n.startswith("_") and n != "__version__"]
             if private and target != unit:
                 problems.append(f"{path.relative_to(SRC)}:{line} imports private {private} from {module}")
@@ -115,7 +139,7 @@ def test_no_import_circles_between_modules() -> None:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if seen.get(nxt) == 1:
-                pytest.fail("import circle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+                pytest.fail("import circle: " + " -> ".join(stack[stack.index(nxt) :] + [nxt]))
             if nxt not in seen:
                 visit(nxt)
         stack.pop()
@@ -126,14 +150,18 @@ def test_no_import_circles_between_modules() -> None:
             visit(node)
 
 
-BACKEND_WORDS = re.compile(r"\bis_(local|s3|memory)\b|\bstorage\.fs\b|\.fs\.(open|cat|cat_file|pipe|pipe_file|rm|ls|"
-                           r"info|exists|makedirs|mv|call_s3|_call_s3)\(")
+BACKEND_WORDS = re.compile(
+    r"\bis_(local|s3|memory)\b|\bstorage\.fs\b|\.fs\.(open|cat|cat_file|pipe|pipe_file|rm|ls|"
+    r"info|exists|makedirs|mv|call_s3|_call_s3)\("
+)
 
 
 def test_backend_differences_and_fs_calls_live_only_in_storage_backends() -> None:
     offenders = [
         f"{p.relative_to(SRC)}:{i}: {line.strip()}"
-        for p in _modules() if _unit(p) != "storage"
-        for i, line in enumerate(p.read_text().splitlines(), 1) if BACKEND_WORDS.search(line)
+        for p in _modules()
+        if _unit(p) != "storage"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if BACKEND_WORDS.search(line)
     ]
     assert not offenders, "\n".join(offenders)

@@ -10,8 +10,8 @@ from typing import Any
 import fsspec
 import pytest
 import torch
-from counting_backend import PROTOCOL, CountingMemoryFS, CountingStorage
 
+from counting_backend import PROTOCOL, CountingMemoryFS, CountingStorage
 from torchckpt import CheckpointManager, RetentionPolicy, SingleWriterWarning
 from torchckpt.storage import GenericStorage, backend_for, register_backend
 

@@ -35,8 +35,9 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     """Exactly what a cron job does: a fresh interpreter, arguments, exit code, stdout/stderr."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("TORCHCKPT_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "torchckpt", *args], capture_output=True, text=True, env=full_env,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "torchckpt", *args], capture_output=True, text=True, env=full_env, timeout=120
+    )
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
@@ -60,8 +61,19 @@ def corrupt(mgr: CheckpointManager, info: Any) -> None:
 
 
 # ----- parsers ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("6h", 21600), ("7d", 604800),
-                                           ("1h30m", 5400), ("45", 45), ("1.5h", 5400), ("2w", 1209600)])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("90s", 90),
+        ("30m", 1800),
+        ("6h", 21600),
+        ("7d", 604800),
+        ("1h30m", 5400),
+        ("45", 45),
+        ("1.5h", 5400),
+        ("2w", 1209600),
+    ],
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
 
@@ -73,13 +85,22 @@ def test_bad_durations(text: str) -> None:
 
 
 def test_storage_options_nest_and_parse_json() -> None:
-    opts = parse_storage_options([
-        "client_kwargs.endpoint_url=http://127.0.0.1:9000", "anon=false", "config_kwargs.retries.max_attempts=5",
-        "key=abc", 'secret="123"', "client_kwargs.region_name=eu-west-1",
-    ])
+    opts = parse_storage_options(
+        [
+            "client_kwargs.endpoint_url=http://127.0.0.1:9000",
+            "anon=false",
+            "config_kwargs.retries.max_attempts=5",
+            "key=abc",
+            'secret="123"',
+            "client_kwargs.region_name=eu-west-1",
+        ]
+    )
     assert opts == {
         "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"},
-        "anon": False, "config_kwargs": {"retries": {"max_attempts": 5}}, "key": "abc", "secret": "123",
+        "anon": False,
+        "config_kwargs": {"retries": {"max_attempts": 5}},
+        "key": "abc",
+        "secret": "123",
     }
     for bad in (["novalue"], ["=x"], ["a..b=1"], ["a=1", "a.b=2"]):
         with pytest.raises(ValueError):
@@ -87,20 +108,23 @@ def test_storage_options_nest_and_parse_json() -> None:
 
 
 # ----- usage errors: exit 2, one line ---------------------------------------------------------------------
-@pytest.mark.parametrize("args, needle", [
-    (["prune", "{root}"], "at least one rule"),
-    (["prune", "{root}", "--keep-interval", "6x"], "bad duration"),
-    (["prune", "{root}", "--keep-best", "2"], "metric"),
-    (["prune", "{root}", "--keep-last", "0"], "keep_last"),
-    (["prune", "{root}", "--keep-last", "two"], "two"),
-    (["prune", "{root}", "--keep-last", "1", "--mode", "avg"], "avg"),
-    (["list", "{root}", "--storage-option", "novalue"], "KEY=VALUE"),
-    (["list", "{root}", "--bogus"], "--bogus"),
-    (["show", "{root}", "best"], "--metric"),
-    (["gc", "{root}", "--older-than", "soon"], "bad duration"),
-    (["frobnicate"], "frobnicate"),
-    (["list"], "ROOT"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["prune", "{root}"], "at least one rule"),
+        (["prune", "{root}", "--keep-interval", "6x"], "bad duration"),
+        (["prune", "{root}", "--keep-best", "2"], "metric"),
+        (["prune", "{root}", "--keep-last", "0"], "keep_last"),
+        (["prune", "{root}", "--keep-last", "two"], "two"),
+        (["prune", "{root}", "--keep-last", "1", "--mode", "avg"], "avg"),
+        (["list", "{root}", "--storage-option", "novalue"], "KEY=VALUE"),
+        (["list", "{root}", "--bogus"], "--bogus"),
+        (["show", "{root}", "best"], "--metric"),
+        (["gc", "{root}", "--older-than", "soon"], "bad duration"),
+        (["frobnicate"], "frobnicate"),
+        (["list"], "ROOT"),
+    ],
+)
 def test_usage_errors_exit_2_with_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
     root = tmp_path / "ck"
     make_versions(CheckpointManager(root), [0.5])
@@ -159,8 +183,11 @@ def test_show_record_and_tensors(tmp_path: Path) -> None:
 def test_prune_dry_run_then_for_real(tmp_path: Path) -> None:
     root = tmp_path / "ck"
     infos = make_versions(CheckpointManager(root), [0.1, 0.9, 0.8, 0.7, 0.6])
-    dry = json.loads(invoke("prune", str(root), "--keep-last", "2", "--keep-best", "1", "--metric", "val_loss",
-                            "--dry-run", "--json").stdout)
+    dry = json.loads(
+        invoke(
+            "prune", str(root), "--keep-last", "2", "--keep-best", "1", "--metric", "val_loss", "--dry-run", "--json"
+        ).stdout
+    )
     assert dry["dry_run"] is True
     assert [v["id"] for v in dry["removed"]] == [infos[1].version, infos[2].version]
     assert len(CheckpointManager(root).list()) == 5
@@ -202,8 +229,11 @@ def test_verify_gc_repair(tmp_path: Path) -> None:
     mgr = CheckpointManager(root)
     infos = make_versions(mgr, [0.3, 0.2])
     ok = invoke("verify", str(root), "--json")
-    assert ok.exit_code == 0 and json.loads(ok.stdout) == {"ok": True, "checked": [i.version for i in infos],
-                                                           "problems": []}
+    assert ok.exit_code == 0 and json.loads(ok.stdout) == {
+        "ok": True,
+        "checked": [i.version for i in infos],
+        "problems": [],
+    }
     corrupt(mgr, infos[0])
     bad = invoke("verify", str(root))
     assert bad.exit_code == 1 and f"FAILED  {infos[0].version}: state.pt: checksum" in bad.stdout
@@ -255,8 +285,9 @@ def test_s3_in_process_with_storage_option(s3_backend: Any) -> None:
     infos = make_versions(s3_backend.manager(), [0.4, 0.3])
     endpoint = s3_backend.storage_options["client_kwargs"]["endpoint_url"]
     env: dict[str, Any] = {"AWS_ENDPOINT_URL": None, "AWS_ENDPOINT_URL_S3": None}
-    doc = json.loads(invoke("list", s3_backend.url, "-o", f"client_kwargs.endpoint_url={endpoint}", "--json",
-                            env=env).stdout)
+    doc = json.loads(
+        invoke("list", s3_backend.url, "-o", f"client_kwargs.endpoint_url={endpoint}", "--json", env=env).stdout
+    )
     assert [v["id"] for v in doc["versions"]] == [i.version for i in infos]
     assert doc["versions"][0]["url"].startswith("s3://")
     bucket = s3_backend.url.split("/")[2]
@@ -289,7 +320,6 @@ def test_cron_local(tmp_path: Path) -> None:
     assert_one_line_error(usage.stderr, "bad duration")
 
 
-
 def test_cron_s3_endpoint_from_env(s3_backend: Any) -> None:
     mgr = s3_backend.manager()
     infos = make_versions(mgr, [0.5, 0.1, 0.3])
@@ -300,8 +330,9 @@ def test_cron_s3_endpoint_from_env(s3_backend: Any) -> None:
     doc = json.loads(listed.stdout)
     assert doc["best"] == infos[1].version and doc["latest"] == infos[2].version
 
-    pruned = run_cli("prune", s3_backend.url, "--keep-last", "1", "--keep-best", "1", "--metric", "val_loss",
-                     "--json", env=env)
+    pruned = run_cli(
+        "prune", s3_backend.url, "--keep-last", "1", "--keep-best", "1", "--metric", "val_loss", "--json", env=env
+    )
     assert pruned.returncode == 0, pruned.stderr
     assert [v["id"] for v in json.loads(pruned.stdout)["removed"]] == [infos[0].version]
     assert not mgr.storage.exists(f"versions/{infos[0].version}/state.pt")
@@ -309,4 +340,3 @@ def test_cron_s3_endpoint_from_env(s3_backend: Any) -> None:
     corrupt(mgr, infos[1])
     bad = run_cli("verify", s3_backend.url, env=env)
     assert bad.returncode == 1 and f"FAILED  {infos[1].version}" in bad.stdout and "Traceback" not in bad.stderr
-

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from _writer import Zygote, assert_version_ok, root_entries, tensors_for
 
+from _writer import Zygote, assert_version_ok, root_entries, tensors_for
 from torchckpt import CheckpointManager, CheckpointNotFoundError, RetentionPolicy
 from torchckpt.errors import SingleWriterWarning
 
@@ -63,8 +64,9 @@ def test_processes_saving_lose_nothing(zygote: Zygote, request: Any, tmp_path: P
     env = {"TORCHCKPT_LEASE_SETTLE_S": "0.2"} if ignoring else {}  # keep the lease's wait short on 127.0.0.1
     # steps i*3000 + n: distinct per writer, and the smallest tensor size (see tensors_for)
     pids = [
-        zygote.fork(job(backend, kind="saves", start=i * 3000, count=SAVES, progress=str(p), env=env,
-                        warnings_out=str(w)))
+        zygote.fork(
+            job(backend, kind="saves", start=i * 3000, count=SAVES, progress=str(p), env=env, warnings_out=str(w))
+        )
         for i, (p, w) in enumerate(zip(progress, warned, strict=True))
     ]
     assert [zygote.wait(pid) for pid in pids] == [0] * writers
@@ -76,8 +78,10 @@ def test_processes_saving_lose_nothing(zygote: Zygote, request: Any, tmp_path: P
         warnings.simplefilter("ignore", SingleWriterWarning)  # checked above
         mgr = backend.manager()
     listed = [v.version for v in mgr.list()]
-    print(f"\nTALLY {kind}: {writers} processes x {SAVES} saves: {len(set(listed) & set(saved))} listed, "
-          f"{len(set(saved) - set(listed))} lost")
+    print(
+        f"\nTALLY {kind}: {writers} processes x {SAVES} saves: {len(set(listed) & set(saved))} listed, "
+        f"{len(set(saved) - set(listed))} lost"
+    )
     assert sorted(listed) == sorted(saved), "a concurrent writer's version was lost or duplicated"
     committed, leftovers, strays = root_entries(mgr)
     assert sorted(committed) == sorted(saved) and leftovers == [] and strays == []
@@ -96,8 +100,14 @@ def test_prune_and_gc_while_another_process_saves(zygote: Zygote, request: Any, 
     stop, saves, prunes = tmp_path / "stop", tmp_path / "saves.txt", tmp_path / "prunes.txt"
     pruner = zygote.fork(job(backend, kind="prune_loop", stop=str(stop), progress=str(prunes), gc_grace=60))
     saver = zygote.fork(
-        job(backend, kind="saves", start=0, count=SAVES // 2 if kind == "s3" else SAVES, progress=str(saves),
-            check_after_save=True)
+        job(
+            backend,
+            kind="saves",
+            start=0,
+            count=SAVES // 2 if kind == "s3" else SAVES,
+            progress=str(saves),
+            check_after_save=True,
+        )
     )
     saver_status = zygote.wait(saver)
     stop.touch()

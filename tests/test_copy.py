@@ -14,8 +14,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from torchckpt import CheckpointManager, ChecksumMismatchError, ReadOnlyError
-from torchckpt import copying
+from torchckpt import CheckpointManager, ChecksumMismatchError, ReadOnlyError, copying
 from torchckpt.cli import cli
 from torchckpt.transfer import copy_versions, plan_copy
 
@@ -26,8 +25,10 @@ def net(seed: int) -> nn.Module:
 
 
 def fill(mgr: CheckpointManager, n: int = 3) -> list[Any]:
-    return [mgr.save(i * 5, epoch=i, model=net(i), metrics={"val_loss": 1.0 / (i + 1)}, tags=["t"],
-                     extra={"note": f"v{i}"}) for i in range(n)]
+    return [
+        mgr.save(i * 5, epoch=i, model=net(i), metrics={"val_loss": 1.0 / (i + 1)}, tags=["t"], extra={"note": f"v{i}"})
+        for i in range(n)
+    ]
 
 
 def corrupt(mgr: CheckpointManager, info: Any) -> None:
@@ -40,7 +41,15 @@ def corrupt(mgr: CheckpointManager, info: Any) -> None:
 def same_records(a: Any, b: Any) -> None:
     for x, y in zip(a, b, strict=True):
         assert (x.version, x.step, x.epoch, x.created_at, x.metrics, x.tags, x.files, x.size_bytes) == (
-            y.version, y.step, y.epoch, y.created_at, y.metrics, y.tags, y.files, y.size_bytes)
+            y.version,
+            y.step,
+            y.epoch,
+            y.created_at,
+            y.metrics,
+            y.tags,
+            y.files,
+            y.size_bytes,
+        )
 
 
 def test_round_trip_local_s3_local(tmp_path: Path, s3_backend: Any) -> None:
@@ -64,7 +73,8 @@ def test_round_trip_local_s3_local(tmp_path: Path, s3_backend: Any) -> None:
         rel = f"versions/{info.version}/state.pt"
         assert back.storage.read_bytes(rel) == local.storage.read_bytes(rel)
         assert back.storage.read_bytes(f"versions/{info.version}/meta.json") == local.storage.read_bytes(
-            f"versions/{info.version}/meta.json")
+            f"versions/{info.version}/meta.json"
+        )
     model = net(99)
     ckpt = back.restore(infos[1].version, model=model)
     assert ckpt.extra == {"note": "v1"}
@@ -136,8 +146,10 @@ def test_resumes_after_commit_before_manifest(tmp_path: Path) -> None:
     dst_root = tmp_path / "dst"
     copy_versions(src, CheckpointManager(dst_root))
     # as if the manifest update of the second version never happened
-    mf.update(CheckpointManager(dst_root).storage,
-              lambda m: mf.Manifest(m.generation, [v for v in m.versions if v.version != infos[1].version]))
+    mf.update(
+        CheckpointManager(dst_root).storage,
+        lambda m: mf.Manifest(m.generation, [v for v in m.versions if v.version != infos[1].version]),
+    )
     assert [v.version for v in CheckpointManager(dst_root).list()] == [infos[0].version]
     assert [c.version for c in copy_versions(src, CheckpointManager(dst_root))] == [infos[1].version]
     assert [v.version for v in CheckpointManager(dst_root).list()] == [i.version for i in infos]
@@ -189,8 +201,23 @@ def test_cli_copy(tmp_path: Path, s3_backend: Any) -> None:
     src = CheckpointManager(tmp_path / "src")
     infos = fill(src, 3)
     env = {**os.environ, **s3_backend.env}
-    proc = subprocess.run([sys.executable, "-m", "torchckpt", "copy", str(tmp_path / "src"), s3_backend.url,
-                           infos[0].version, "latest", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torchckpt",
+            "copy",
+            str(tmp_path / "src"),
+            s3_backend.url,
+            infos[0].version,
+            "latest",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert [v["id"] for v in doc["copied"]] == [infos[0].version, infos[2].version] and doc["skipped"] == []
@@ -202,9 +229,18 @@ def test_cli_copy(tmp_path: Path, s3_backend: Any) -> None:
     assert f"skipped {infos[0].version}" in again.stdout and f"copied  {infos[1].version}" in again.stdout
 
     endpoint = s3_backend.storage_options["client_kwargs"]["endpoint_url"]
-    back = runner.invoke(cli, ["copy", s3_backend.url, str(tmp_path / "back"), "-q",
-                               "--src-storage-option", f"client_kwargs.endpoint_url={endpoint}"],
-                         env={"AWS_ENDPOINT_URL": None})
+    back = runner.invoke(
+        cli,
+        [
+            "copy",
+            s3_backend.url,
+            str(tmp_path / "back"),
+            "-q",
+            "--src-storage-option",
+            f"client_kwargs.endpoint_url={endpoint}",
+        ],
+        env={"AWS_ENDPOINT_URL": None},
+    )
     assert back.exit_code == 0 and back.stdout == ""
     same_records(CheckpointManager(tmp_path / "back").list(), src.list())
 
@@ -217,7 +253,6 @@ def test_cli_copy(tmp_path: Path, s3_backend: Any) -> None:
 
 def test_progress_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     import io
-
     import sys
 
     from torchckpt.cli.output import Progress
@@ -251,8 +286,9 @@ def test_progress_bar_on_a_real_terminal(tmp_path: Path) -> None:
     pid, fd = pty.fork()
     if pid == 0:  # child: a 120-column terminal, then the command
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-        os.execvp(sys.executable, [sys.executable, "-m", "torchckpt", "copy", str(tmp_path / "src"),
-                                   str(tmp_path / "dst")])
+        os.execvp(
+            sys.executable, [sys.executable, "-m", "torchckpt", "copy", str(tmp_path / "src"), str(tmp_path / "dst")]
+        )
     out = b""
     while True:
         try:

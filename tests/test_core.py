@@ -242,8 +242,14 @@ def test_checkpoint_info_record(backend):
 
 def test_meta_json_content(backend):
     mgr = backend.manager()
-    info = mgr.save(5, epoch=1, model=nn.Linear(2, 2), optimizer=torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1),
-                    metrics={"loss": 1.5}, tags=["t"])
+    info = mgr.save(
+        5,
+        epoch=1,
+        model=nn.Linear(2, 2),
+        optimizer=torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1),
+        metrics={"loss": 1.5},
+        tags=["t"],
+    )
     fs, folder = fs_of(backend, info.url)
     meta = json.loads(fs.cat_file(f"{folder}/meta.json"))
     assert meta["id"] == info.version

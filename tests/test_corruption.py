@@ -23,15 +23,15 @@ from typing import Any
 
 import pytest
 import torch
-from _writer import tensors_for
 from click.testing import CliRunner
 
+from _writer import tensors_for
 from torchckpt import (
     CheckpointManager,
     ChecksumMismatchError,
     ManifestError,
+    RetentionPolicy,
 )
-from torchckpt import RetentionPolicy
 from torchckpt import manifest as mf
 from torchckpt.cli import cli
 

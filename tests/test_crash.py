@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
+
 from _writer import Tally, Zygote, check_after_kill, check_repair
 
 LOCAL_KILLS = 16

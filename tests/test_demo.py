@@ -21,8 +21,14 @@ HAS_EXPORT = importlib.util.find_spec("torchckpt.export") is not None
 def test_demo_cli_then_again_in_process(tmp_path: Path) -> None:
     env = {**os.environ}
     env.pop("TORCHCKPT_DEBUG", None)
-    proc = subprocess.run([sys.executable, "-m", "torchckpt", "demo", "--json"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchckpt", "demo", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     doc = json.loads(proc.stdout)

@@ -170,4 +170,3 @@ def test_cpu_checkpoint_stays_on_cpu_by_default(backend):
     mgr.save(1, w=torch.ones(2))
     assert mgr.load()["w"].device == torch.device("cpu")
     assert mgr.load(map_location=torch.device("cpu"))["w"].device == torch.device("cpu")
-

@@ -90,8 +90,6 @@ def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_di
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import DTensor
 
-
-
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
     )
@@ -144,6 +142,7 @@ def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_di
 
         real_write = HashingWriter.write
         if rank == 1:
+
             def failing(self: Any, data: Any) -> int:
                 if self.size > 0:
                     raise OSError("injected disk failure")
@@ -202,6 +201,7 @@ def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out_di
         _check_equal(model, opt3, want)
         # a background failure on one rank surfaces on the next call, on every rank, and commits nothing
         if rank == 1:
+
             def failing_bg(self: Any, data: Any) -> int:
                 if self.size > 0:
                     raise OSError("injected background failure")
@@ -323,8 +323,12 @@ def test_two_ranks_save_restore_and_reshard(kind: str, tmp_path: Path, request: 
     assert info.layout == "dcp" and info.size_bytes == sum(r["size"] for r in info.files.values())
     _reshard_into_one_process(mgr, version, tmp_path / "out" / "expected.pt")
     if kind == "local":  # 2 -> 3 ranks (once is enough)
-        mp.spawn(_restore_worker, args=(3, str(tmp_path / "pg-init-3"), backend.url, backend.storage_options,
-                                        str(tmp_path / "out")), nprocs=3, join=True)
+        mp.spawn(
+            _restore_worker,
+            args=(3, str(tmp_path / "pg-init-3"), backend.url, backend.storage_options, str(tmp_path / "out")),
+            nprocs=3,
+            join=True,
+        )
 
     from torchckpt.summary import tensor_summary
 
@@ -355,8 +359,9 @@ def test_single_process_dcp_layout_and_file_operations(memory_backend: Any, tmp_
     assert sched2.state_dict() == sched.state_dict()
     for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.equal(a, b)
-    assert torch.equal(opt.state[next(model.parameters())]["momentum_buffer"],
-                       opt2.state[next(model2.parameters())]["momentum_buffer"])
+    assert torch.equal(
+        opt.state[next(model.parameters())]["momentum_buffer"], opt2.state[next(model2.parameters())]["momentum_buffer"]
+    )
     with pytest.raises(MissingObjectError):
         mgr.restore(model=model2, ema=model2)
 
@@ -397,8 +402,11 @@ def test_unsafe_values_in_dcp_are_refused(tmp_path: Path) -> None:
     from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
     with pytest.warns(UserWarning):
-        dcp.save({"objects": {"model": {"bad": Path("x")}}}, storage_writer=FsspecWriter(str(tmp_path / "evil")),
-                 no_dist=True)
+        dcp.save(
+            {"objects": {"model": {"bad": Path("x")}}},
+            storage_writer=FsspecWriter(str(tmp_path / "evil")),
+            no_dist=True,
+        )
     for name in (".metadata", "__0_0.distcp"):
         os.replace(tmp_path / "evil" / name, os.path.join(vdir, name))
     with pytest.raises(UnsafeCheckpointError):

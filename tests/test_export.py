@@ -302,7 +302,7 @@ def test_malicious_pickle_in_torchscript_does_not_run(memory_backend: Any, tmp_p
     evil = pickle.dumps(_Evil(marker), protocol=2)
 
     for target in ("data.pkl", "constants.pkl"):
-        bad = _rewrite(good, lambda name, content: evil if name.endswith("/" + target) else content)
+        bad = _rewrite(good, lambda name, content, target=target: evil if name.endswith("/" + target) else content)
         mgr.storage.write_bytes(f"outside/{target}.pt", bad)
         with pytest.raises(Exception):
             torchckpt.load_torchscript(mgr.storage.url(f"outside/{target}.pt"))
@@ -321,7 +321,9 @@ def test_torchscript_saved_on_a_missing_device_loads_on_cpu(memory_backend: Any,
     def gpu_archive(f: Any, map_location: Any = None, **kw: Any) -> Any:
         calls.append(map_location)
         if map_location is None:
-            raise RuntimeError("Attempting to deserialize object on a CUDA device but torch.cuda.is_available() is False")
+            raise RuntimeError(
+                "Attempting to deserialize object on a CUDA device but torch.cuda.is_available() is False"
+            )
         return real_load(f, map_location=map_location, **kw)
 
     monkeypatch.setattr(torch.jit, "load", gpu_archive)

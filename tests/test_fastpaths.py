@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import torch
 
-from torchckpt import CheckpointError, ChecksumMismatchError, CheckpointManager
-from torchckpt.storage import s3_transfer
+from torchckpt import CheckpointError, CheckpointManager, ChecksumMismatchError
 from torchckpt.staging import StagingPool
+from torchckpt.storage import s3_transfer
 
 MiB = 1 << 20
 

@@ -12,14 +12,15 @@ and ``gc`` leaves no leftover. On ``memory://`` and on S3 (moto); on
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import fsspec
 import pytest
+
 from _writer import assert_version_ok, root_entries, tensors_for
 from faulty_fs import KINDS, FaultyFS
-
 from torchckpt import CheckpointError, CheckpointManager, RetentionPolicy
 from torchckpt.transfer import copy_versions
 
@@ -114,7 +115,7 @@ def campaign_save(h: Harness, persistent: bool) -> None:
         for k in range(1, MAX_K):
             before = {v.version for v in h.clean.list()}
             step = h.next_step()
-            fired = attempt(h, kind, k, persistent, lambda: h.mgr.save(step, model=tensors_for(step)))
+            fired = attempt(h, kind, k, persistent, lambda step=step: h.mgr.save(step, model=tensors_for(step)))
             check(h, before)
             next_save_works(h)
             if not fired:

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 import torch
-from _writer import tensors_for
 from click.testing import CliRunner
 
+from _writer import tensors_for
 from torchckpt import CheckpointManager, ManifestError, RetentionPolicy, UnsafeCheckpointError
 from torchckpt import manifest as mf
 from torchckpt.cli import cli
@@ -101,8 +101,15 @@ def test_records_cannot_point_outside_their_folder(backend: Any, field: str, val
     doc = json.loads(mgr.storage.read_bytes(mf.MANIFEST))
     doc["versions"][1][field] = value
     mgr.storage.write_bytes(mf.MANIFEST, json.dumps(doc).encode())
-    calls = (mgr.list, mgr.load, mgr.verify, mgr.gc, lambda: mgr.delete(good.version),
-             lambda: mgr.prune(RetentionPolicy(keep_last=1)), lambda: mgr.save(3, model=tensors_for(3)))
+    calls = (
+        mgr.list,
+        mgr.load,
+        mgr.verify,
+        mgr.gc,
+        lambda: mgr.delete(good.version),
+        lambda: mgr.prune(RetentionPolicy(keep_last=1)),
+        lambda: mgr.save(3, model=tensors_for(3)),
+    )
     for call in calls:
         with pytest.raises(ManifestError, match="torchckpt repair"):
             call()

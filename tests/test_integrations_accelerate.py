@@ -20,8 +20,12 @@ def train_step(accelerator, model, opt) -> None:
 
 def test_save_state_load_state_round_trip(backend, tmp_path):
     mgr = backend.manager(retention=RetentionPolicy(keep_last=2))
-    accelerator = Accelerator(cpu=True, project_config=ProjectConfiguration(
-        project_dir=str(tmp_path / "proj"), automatic_checkpoint_naming=True, total_limit=1))
+    accelerator = Accelerator(
+        cpu=True,
+        project_config=ProjectConfiguration(
+            project_dir=str(tmp_path / "proj"), automatic_checkpoint_naming=True, total_limit=1
+        ),
+    )
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 2)
     model, opt = accelerator.prepare(net, torch.optim.Adam(net.parameters(), lr=0.1))

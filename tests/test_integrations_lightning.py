@@ -16,8 +16,8 @@ from pathlib import Path
 import lightning.pytorch as pl  # a missing lightning fails here: CI installs it
 import pytest
 import torch
-from lightning_net import Mode, Net, hparams, loaders, make_trainer
 
+from lightning_net import Mode, Net, hparams, loaders, make_trainer
 from torchckpt import CheckpointManager, RetentionPolicy
 from torchckpt.integrations.lightning import TorchckptIO
 
@@ -84,8 +84,12 @@ def test_ckpt_path_best_and_version_selectors(local_backend, tmp_path):
     best_path = trainer.checkpoint_callback.best_model_path
     assert best_path.startswith(ckpt_io.dirpath)
     trainer.validate(ckpt_path="best", dataloaders=val, verbose=False)  # Lightning's own "best"
-    pick = [lambda: mgr.list()[0].version, lambda: mgr.list()[0].name, lambda: "latest",
-            lambda: ckpt_io.resolve("best")]
+    pick = [
+        lambda: mgr.list()[0].version,
+        lambda: mgr.list()[0].name,
+        lambda: "latest",
+        lambda: ckpt_io.resolve("best"),
+    ]
     for choose in pick:  # each resume trains on, and its ModelCheckpoint prunes: choose from the list at hand
         selector = choose()
         info = ckpt_io.info(selector)
@@ -140,9 +144,15 @@ CHILD = textwrap.dedent("""
 
 def test_sigkill_mid_save_leaves_the_previous_version_restorable(tmp_path):
     root, marker = tmp_path / "ckpt", tmp_path / "marker"
-    env = {**os.environ, "ROOT": str(root), "MARKER": str(marker), "WORK": str(tmp_path / "work"), "GOOD_SAVES": "4",
-           "TESTS_DIR": str(Path(__file__).parent),
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "ROOT": str(root),
+        "MARKER": str(marker),
+        "WORK": str(tmp_path / "work"),
+        "GOOD_SAVES": "4",
+        "TESTS_DIR": str(Path(__file__).parent),
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
     child = subprocess.Popen([sys.executable, "-c", CHILD], env=env)
     try:
         deadline = time.monotonic() + 300

@@ -33,9 +33,20 @@ def tiny_model() -> GPT2LMHeadModel:
 
 def make_args(out, max_steps: int) -> TrainingArguments:
     return TrainingArguments(
-        output_dir=str(out), max_steps=max_steps, save_steps=2, eval_strategy="steps", eval_steps=2,
-        per_device_train_batch_size=4, per_device_eval_batch_size=4, logging_steps=1, learning_rate=1e-3,
-        metric_for_best_model="eval_loss", report_to=[], use_cpu=True, save_total_limit=1, disable_tqdm=True,
+        output_dir=str(out),
+        max_steps=max_steps,
+        save_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        logging_steps=1,
+        learning_rate=1e-3,
+        metric_for_best_model="eval_loss",
+        report_to=[],
+        use_cpu=True,
+        save_total_limit=1,
+        disable_tqdm=True,
         dataloader_num_workers=0,
     )
 
@@ -43,16 +54,19 @@ def make_args(out, max_steps: int) -> TrainingArguments:
 class Begin(TrainerCallback):
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         self.global_step = state.global_step
-        self.optimizer_state = {k: {n: t.clone() for n, t in v.items() if torch.is_tensor(t)}
-                                for k, v in optimizer.state_dict()["state"].items()}
+        self.optimizer_state = {
+            k: {n: t.clone() for n, t in v.items() if torch.is_tensor(t)}
+            for k, v in optimizer.state_dict()["state"].items()
+        }
 
 
 def test_trainer_checkpoints_committed_to_s3_and_resumed(s3_backend, tmp_path):
     mgr = s3_backend.manager(retention=RetentionPolicy(keep_last=2))
     cb = TorchckptCallback(mgr)
     data = Tokens()
-    trainer = Trainer(model=tiny_model(), args=make_args(tmp_path / "run1", 6), train_dataset=data,
-                      eval_dataset=data, callbacks=[cb])
+    trainer = Trainer(
+        model=tiny_model(), args=make_args(tmp_path / "run1", 6), train_dataset=data, eval_dataset=data, callbacks=[cb]
+    )
     trainer.train()
     assert [i.name for i in cb.committed] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     listed = mgr.list()
@@ -69,8 +83,13 @@ def test_trainer_checkpoints_committed_to_s3_and_resumed(s3_backend, tmp_path):
     # a new Trainer on an empty output folder resumes from the latest committed version, downloaded and verified
     out2 = tmp_path / "run2"
     begin = Begin()
-    trainer2 = Trainer(model=tiny_model(), args=make_args(out2, 10), train_dataset=data, eval_dataset=data,
-                       callbacks=[TorchckptCallback(mgr), begin])
+    trainer2 = Trainer(
+        model=tiny_model(),
+        args=make_args(out2, 10),
+        train_dataset=data,
+        eval_dataset=data,
+        callbacks=[TorchckptCallback(mgr), begin],
+    )
     path = resume_from_checkpoint(mgr, out2)
     assert path == str(out2 / "checkpoint-6")
     trainer2.train(resume_from_checkpoint=path)

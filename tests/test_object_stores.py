@@ -21,8 +21,8 @@ import fsspec
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import Backend
 
+from conftest import Backend
 from torchckpt import CheckpointManager
 from torchckpt.cli import cli
 from torchckpt.errors import ManifestError, SingleWriterWarning, StorageError, TornReadError
@@ -82,9 +82,7 @@ def test_malformed_azure_connection_string_is_a_storage_error(azure_backend: Bac
         CheckpointManager(azure_backend.url, storage_options={"connection_string": "nonsense"})
 
 
-def test_container_or_bucket_deleted_under_a_manager_is_a_storage_error(
-    azurite_server: Any, gcs_server: Any
-) -> None:
+def test_container_or_bucket_deleted_under_a_manager_is_a_storage_error(azurite_server: Any, gcs_server: Any) -> None:
     with azurite_server.container() as container:
         mgr = CheckpointManager(f"az://{container}/run", storage_options=azurite_server.storage_options())
         mgr.save(1, w=torch.zeros(1))
@@ -179,8 +177,9 @@ def test_an_s3_server_ignoring_conditions_is_detected_and_the_lease_keeps_thread
         first = CheckpointManager(s3_backend.url, filesystem=fs)
     assert first.storage.kind == "s3" and not first.storage.multi_writer_safe
     with pytest.warns(SingleWriterWarning):  # every writer is told
-        managers = [first] + [CheckpointManager(s3_backend.url, filesystem=IgnoringConditionsS3(s3_fs(s3_backend)))
-                              for _ in range(2)]
+        managers = [first] + [
+            CheckpointManager(s3_backend.url, filesystem=IgnoringConditionsS3(s3_fs(s3_backend))) for _ in range(2)
+        ]
     saved: list[str] = []
     lock = threading.Lock()
 
@@ -337,7 +336,7 @@ def test_a_failed_atomic_write_never_publishes_the_partial_file(backend: Backend
 # ----- gc and unfinished multipart uploads ------------------------------------------------------------------------
 def test_gc_aborts_stale_multipart_uploads_under_the_root(s3_backend: Backend, s3_endpoint: str) -> None:
     mgr = s3_backend.manager()
-    bucket, prefix = s3_backend.url[len("s3://"):].split("/", 1)
+    bucket, prefix = s3_backend.url[len("s3://") :].split("/", 1)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     key = f"{prefix}/versions/20260101T000000.000000Z-step000001-abcdef/state.pt"
     up = s3.create_multipart_upload(Bucket=bucket, Key=key)
@@ -371,7 +370,6 @@ def test_gc_says_so_where_the_server_cannot_list_multipart_uploads(s3_backend: B
     with caplog.at_level("WARNING", logger="torchckpt"):
         assert mgr.gc(older_than=0) == []
     assert "cannot list unfinished multipart uploads" in caplog.text
-
 
 
 def test_gcs_without_a_generation_header_asks_for_the_generation(gcs_backend: Backend) -> None:

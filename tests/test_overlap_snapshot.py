@@ -33,8 +33,10 @@ def _trained(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
 
 
 def _clone(model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[int, Any]]:
-    return ({k: v.clone() for k, v in model.state_dict().items()},
-            {i: {k: v.clone() for k, v in s.items()} for i, s in opt.state_dict()["state"].items()})
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        {i: {k: v.clone() for k, v in s.items()} for i, s in opt.state_dict()["state"].items()},
+    )
 
 
 @pytest.fixture

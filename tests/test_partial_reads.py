@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Backend
 
+from conftest import Backend
 from torchckpt import CheckpointManager, ChecksumMismatchError
 from torchckpt.errors import MissingObjectError
 from torchckpt.formats.torch_file import SPLIT_MIN
@@ -106,8 +106,9 @@ def test_corrupt_requested_object_is_refused(tmp_path: Path, fmt: str) -> None:
     model, opt = _state()
     mgr = CheckpointManager(tmp_path / "ck", format=fmt)
     info = mgr.save(1, model=model, optimizer=opt)
-    _flip_last_byte(tmp_path / "ck" / "versions" / info.version / (
-        "model.state.pt" if fmt == "torch" else "model.safetensors"))
+    _flip_last_byte(
+        tmp_path / "ck" / "versions" / info.version / ("model.state.pt" if fmt == "torch" else "model.safetensors")
+    )
     with pytest.raises(ChecksumMismatchError, match="model"):
         mgr.restore(model=_fresh()[0])
     with pytest.raises(ChecksumMismatchError, match="model"):

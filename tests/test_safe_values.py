@@ -37,9 +37,14 @@ def round_trip(value):
 
 def test_paths_enums_namespaces_and_dict_subclasses():
     value = AttrDict(
-        data=pathlib.Path("/data/x"), pure=pathlib.PureWindowsPath("C:/x"), color=Color.BLUE, kind=Inner.Kind.A,
+        data=pathlib.Path("/data/x"),
+        pure=pathlib.PureWindowsPath("C:/x"),
+        color=Color.BLUE,
+        kind=Inner.Kind.A,
         args=argparse.Namespace(out=pathlib.Path("o"), n=3, nested=argparse.Namespace(c=Color.RED)),
-        seq=[pathlib.Path("a"), (Color.RED, 2)], od=OrderedDict(b=1, a=2), t=torch.ones(2),
+        seq=[pathlib.Path("a"), (Color.RED, 2)],
+        od=OrderedDict(b=1, a=2),
+        t=torch.ones(2),
     )
     back = round_trip(value)
     assert type(back) is dict
@@ -61,4 +66,7 @@ def test_an_enum_whose_module_is_not_imported_is_never_imported(caplog):
         assert safe_values.decode(missing) == 1
     assert "no_such_module_xyz" in caplog.text
     assert safe_values.decode({safe_values.TAG: "path", "class": "Popen", "value": "x"}) == {
-        safe_values.TAG: "path", "class": "Popen", "value": "x"}  # unknown path classes stay plain data
+        safe_values.TAG: "path",
+        "class": "Popen",
+        "value": "x",
+    }  # unknown path classes stay plain data

@@ -55,8 +55,9 @@ def _file_tensors(mgr: CheckpointManager, version: str, name: str) -> dict[str, 
 def test_round_trip_every_backend(backend: Any) -> None:
     model, opt, sched = _trained()
     mgr = backend.manager(format="safetensors")
-    info = mgr.save(7, model=model, optimizer=opt, scheduler=sched, extra={"note": "x", "t": torch.arange(3)},
-                    metrics={"loss": 0.5})
+    info = mgr.save(
+        7, model=model, optimizer=opt, scheduler=sched, extra={"note": "x", "t": torch.arange(3)}, metrics={"loss": 0.5}
+    )
     assert info.format == "safetensors"
     assert set(info.files) == {"state.pt", "model.safetensors", "optimizer.safetensors"}
 
@@ -71,7 +72,8 @@ def test_round_trip_every_backend(backend: Any) -> None:
 
     fresh, fresh_opt, fresh_sched = _trained(seed=1)
     ckpt = backend.manager(format="safetensors", read_only=True).restore(
-        model=fresh, optimizer=fresh_opt, scheduler=fresh_sched)
+        model=fresh, optimizer=fresh_opt, scheduler=fresh_sched
+    )
     assert ckpt.step == 7 and ckpt.extra["note"] == "x" and torch.equal(ckpt.extra["t"], torch.arange(3))
     for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), k

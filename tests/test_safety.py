@@ -27,6 +27,7 @@ from torchckpt.errors import (
     UnsafeCheckpointError,
 )
 
+
 def fs_of(backend, url: str):
     return fsspec.core.url_to_fs(url, **backend.storage_options)
 
@@ -204,9 +205,17 @@ def _plant_version(backend, mgr, vid: str, payload) -> None:
     torch.save(payload, buf)
     data = buf.getvalue()
     record = {
-        "id": vid, "step": 9, "epoch": None, "created_at": "2099-01-01T00:00:00Z", "format": "torch",
+        "id": vid,
+        "step": 9,
+        "epoch": None,
+        "created_at": "2099-01-01T00:00:00Z",
+        "format": "torch",
         "files": {"state.pt": {"size": len(data), "checksum": f"xxh3_128:{xxhash.xxh3_128_hexdigest(data)}"}},
-        "size_bytes": len(data), "metrics": {}, "tags": [], "torch_version": torch.__version__, "objects": ["model"],
+        "size_bytes": len(data),
+        "metrics": {},
+        "tags": [],
+        "torch_version": torch.__version__,
+        "objects": ["model"],
     }
     fs, root = fs_of(backend, mgr.root_url)
     fs.makedirs(f"{root}/versions/{vid}", exist_ok=True)
@@ -325,7 +334,7 @@ def test_read_only_refuses_every_write(backend):
         "export_torchscript": lambda: ro.export_torchscript(nn.Linear(1, 1)),
         "export_program": lambda: ro.export_program(nn.Linear(1, 1), (torch.zeros(1, 1),)),
     }
-    for name, call in writes.items():
+    for call in writes.values():
         with pytest.raises(ReadOnlyError, match="read-only"):
             call()
     assert isinstance(ReadOnlyError("x"), CheckpointError)

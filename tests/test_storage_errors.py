@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import socket
+from typing import Any
 
 import boto3
 import fsspec
@@ -21,7 +22,7 @@ from torchckpt.errors import CheckpointError, StorageError
 
 def _put_file_at_root(backend) -> None:
     if backend.kind == "s3":
-        bucket, key = backend.url[len("s3://"):].split("/", 1)
+        bucket, key = backend.url[len("s3://") :].split("/", 1)
         endpoint = backend.storage_options["client_kwargs"]["endpoint_url"]
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").put_object(Bucket=bucket, Key=key, Body=b"x")
     else:
@@ -80,7 +81,7 @@ def test_unreachable_endpoint_raises_instead_of_hanging():
 def test_bucket_deleted_under_a_manager(s3_backend):
     mgr = s3_backend.manager()
     mgr.save(1, w=torch.zeros(1))
-    bucket = s3_backend.url[len("s3://"):].split("/", 1)[0]
+    bucket = s3_backend.url[len("s3://") :].split("/", 1)[0]
     endpoint = s3_backend.storage_options["client_kwargs"]["endpoint_url"]
     s3 = boto3.resource("s3", endpoint_url=endpoint, region_name="us-east-1").Bucket(bucket)
     s3.objects.all().delete()
@@ -108,7 +109,7 @@ def test_default_root_is_checkpoints(tmp_path, monkeypatch):
 
 def test_filesystem_instance_instead_of_scheme(memory_backend):
     fs = fsspec.filesystem("memory")
-    path = memory_backend.url[len("memory://"):]
+    path = memory_backend.url[len("memory://") :]
     info = CheckpointManager(path, filesystem=fs).save(1, w=torch.ones(1))
     assert memory_backend.manager().latest() == info
 
@@ -177,6 +178,5 @@ def test_local_manifest_lock_timeout_is_a_storage_error(local_backend: Any, monk
     mgr = local_backend.manager()
     real = filelock.FileLock
     monkeypatch.setattr(filelock, "FileLock", lambda path, timeout: real(path, timeout=0.1))
-    with real(mgr.storage.path(".manifest.lock")):
-        with pytest.raises(StorageError, match="another writer"):
-            mgr.save(1, w=torch.ones(2))
+    with real(mgr.storage.path(".manifest.lock")), pytest.raises(StorageError, match="another writer"):
+        mgr.save(1, w=torch.ones(2))

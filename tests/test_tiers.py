@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 import torch
-from _writer import tensors_for
 from click.testing import CliRunner
-from conftest import Backend, make_bucket
 
+from _writer import tensors_for
+from conftest import Backend, make_bucket
 from torchckpt import CheckpointManager, RetentionPolicy, StorageError, UploadError
 from torchckpt.cli import cli
 
@@ -188,8 +188,9 @@ def test_kill_during_upload_loses_nothing(root: Backend, tmp_path: Path) -> None
         s3 = boto3.client("s3", endpoint_url=root.env["AWS_ENDPOINT_URL"])
         bucket = root.url.split("/")[2]
         assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
-        assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])
-                if "/versions/" in o["Key"]] == []
+        assert [
+            o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []) if "/versions/" in o["Key"]
+        ] == []
     with root.manager(cache=str(cache), read_only=True) as reader:  # read-your-writes across processes
         assert [(v.version, v.tiers) for v in reader.list()] == [(vid, ("cache",))]
         assert [v.version for v in reader.pending_uploads()] == [vid]
@@ -236,6 +237,7 @@ def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outage]:
         yield Outage(Backend("local", str(tmp_path / "root" / "ckpt")))
         return
     from moto.server import ThreadedMotoServer
+
     from moto_s3 import start_server
 
     first, endpoint = start_server()
@@ -243,8 +245,10 @@ def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outage]:
     first.stop()  # a server of our own, restartable on the same port (moto keeps its buckets in-process)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
-    options = {"client_kwargs": {"endpoint_url": endpoint},
-               "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1}}
+    options = {
+        "client_kwargs": {"endpoint_url": endpoint},
+        "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 1},
+    }
     backend = Backend("s3", f"s3://{make_bucket(endpoint)}/run", options, {"AWS_ENDPOINT_URL": endpoint})
     try:
         yield Outage(backend, server)
@@ -386,14 +390,19 @@ FULL_DISK = textwrap.dedent("""
 def test_full_cache_disk_is_a_storage_error_and_loses_nothing(tmp_path: Path) -> None:
     assert resource.RLIMIT_FSIZE  # Linux: a per-process file size limit stands in for a full disk
     code = FULL_DISK.format(src=SRC, tests=TESTS)
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "root"), str(tmp_path / "cache")],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "root"), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "ERROR saving step 2 to file://" in out.stdout and "free space there" in out.stdout
     assert "LISTED [1] [('cache', 'root')]" in out.stdout
     assert [v.step for v in CheckpointManager(tmp_path / "root").list()] == [1]
     assert [n for n in os.listdir(tmp_path / "cache" / "versions") if not n.startswith(".")] == [
-        v.version for v in CheckpointManager(tmp_path / "root").list()]
+        v.version for v in CheckpointManager(tmp_path / "root").list()
+    ]
 
 
 def test_sharded_saves_and_foreign_caches_are_refused(tmp_path: Path) -> None:

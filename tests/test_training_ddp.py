@@ -82,8 +82,9 @@ def _check_agreement(rank: int) -> None:
 
 
 def _worker(rank: int, init_file: str, url: str, options: dict[str, Any], out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                            timeout=timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD, timeout=timedelta(seconds=60)
+    )
     try:
         model = nn.parallel.DistributedDataParallel(_model())
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -126,8 +127,12 @@ def test_ddp_ranks_write_one_version_per_save(kind: str, request: pytest.Fixture
     backend = request.getfixturevalue(f"{kind}_backend")
     out = tmp_path / "out"
     out.mkdir()
-    mp.spawn(_worker, args=(str(tmp_path / "pg-init"), backend.url, backend.storage_options, str(out)),
-             nprocs=WORLD, join=True)
+    mp.spawn(
+        _worker,
+        args=(str(tmp_path / "pg-init"), backend.url, backend.storage_options, str(out)),
+        nprocs=WORLD,
+        join=True,
+    )
     expected = torch.load(out / "expected.pt")
     mgr = backend.manager()
     assert [v.step for v in mgr.list()] == list(STEPS)

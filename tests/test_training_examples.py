@@ -42,8 +42,14 @@ class Running:
     """A subprocess whose stdout lines are read by a thread (so the test can wait for one)."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env, start_new_session=True)  # a group of its own: see kill()
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )  # a group of its own: see kill()
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -65,8 +71,9 @@ class Running:
                 line = self._queue.get(timeout=max(0.1, deadline - time.monotonic()))
             except queue.Empty:
                 self.kill()  # never leave a training process running behind a failed test
-                raise AssertionError(f"no line matching {pattern!r} within {timeout:g} s:\n"
-                                     + "\n".join(self.lines[-30:])) from None
+                raise AssertionError(
+                    f"no line matching {pattern!r} within {timeout:g} s:\n" + "\n".join(self.lines[-30:])
+                ) from None
             if line is None:
                 raise AssertionError(f"process ended without {pattern!r}:\n" + "\n".join(self.lines[-30:]))
             self.lines.append(line)
@@ -115,8 +122,16 @@ def _assert_same_state(a: dict[str, Any], b: dict[str, Any], path: str = "") -> 
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_train_loop_sigterm_commits_the_step_it_stopped_at(kind: str, request: pytest.FixtureRequest) -> None:
     backend = request.getfixturevalue(f"{kind}_backend")
-    args = [str(EXAMPLES / "train_loop.py"), backend.url, "--steps", "100000", "--save-every", "100000",
-            "--step-delay", "0.01"]
+    args = [
+        str(EXAMPLES / "train_loop.py"),
+        backend.url,
+        "--steps",
+        "100000",
+        "--save-every",
+        "100000",
+        "--step-delay",
+        "0.01",
+    ]
     run = Running(args, _env(backend))
     run.wait_for(r"^starting from scratch")
     run.wait_for(r"^step 25 ")
@@ -124,8 +139,9 @@ def test_train_loop_sigterm_commits_the_step_it_stopped_at(kind: str, request: p
     done = run.wait_for(r"^preempted: signal arrived during step (\d+); saved step (\d+); exiting 0")
     rc = run.finish()
     signal_step, saved_step = int(done[1]), int(done[2])
-    print(f"\n[{kind}] train_loop.py: SIGTERM arrived during step {signal_step}, saved step {saved_step}, "
-          f"exit code {rc}")
+    print(
+        f"\n[{kind}] train_loop.py: SIGTERM arrived during step {signal_step}, saved step {saved_step}, exit code {rc}"
+    )
     assert rc == 0, "\n".join(run.lines[-20:])
     assert 25 <= signal_step <= saved_step <= signal_step + 1
     assert not any("Traceback" in line for line in run.lines)
@@ -154,8 +170,16 @@ def test_ddp_example_sigterm_to_one_rank_saves_the_same_step_on_both(
     kind: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     backend = request.getfixturevalue(f"{kind}_backend")
-    args = [str(EXAMPLES / "ddp.py"), backend.url, "--steps", "100000", "--save-every", "100000",
-            "--step-delay", "0.02"]
+    args = [
+        str(EXAMPLES / "ddp.py"),
+        backend.url,
+        "--steps",
+        "100000",
+        "--save-every",
+        "100000",
+        "--step-delay",
+        "0.02",
+    ]
     run = Running(args, _env(backend))
     rank1_pid = int(run.wait_for(r"^rank 1 pid (\d+) starts at step 0")[1])
     run.wait_for(r"^rank 1 step 20 ")
@@ -167,8 +191,10 @@ def test_ddp_example_sigterm_to_one_rank_saves_the_same_step_on_both(
     rc = run.finish()
     saved_step = stops[0][1]
     signal_step = int(stops[1][0])
-    print(f"\n[{kind}] ddp.py: SIGTERM to rank 1 arrived during step {signal_step}; rank 0 saved step "
-          f"{stops[0][1]}, rank 1 saved step {stops[1][1]}; exit code {rc}")
+    print(
+        f"\n[{kind}] ddp.py: SIGTERM to rank 1 arrived during step {signal_step}; rank 0 saved step "
+        f"{stops[0][1]}, rank 1 saved step {stops[1][1]}; exit code {rc}"
+    )
     assert rc == 0, "\n".join(run.lines[-20:])
     assert stops[1][1] == saved_step and stops[0][0] == "-"  # same step; rank 0 never got the signal
     assert 20 <= signal_step <= saved_step <= signal_step + 1
@@ -178,8 +204,10 @@ def test_ddp_example_sigterm_to_one_rank_saves_the_same_step_on_both(
     assert list(state["model"]) == ["0.weight", "0.bias", "2.weight", "2.bias"]  # no "module." prefix
 
     reference = tmp_path / "reference"  # the same training, uninterrupted, ending at the saved step
-    ref = Running([str(EXAMPLES / "ddp.py"), str(reference), "--steps", str(saved_step + 1),
-                   "--save-every", "100000"], _env(backend))
+    ref = Running(
+        [str(EXAMPLES / "ddp.py"), str(reference), "--steps", str(saved_step + 1), "--save-every", "100000"],
+        _env(backend),
+    )
     assert ref.finish() == 0, "\n".join(ref.lines[-20:])
     expected = CheckpointManager(reference).load(saved_step)
     _assert_same_state(state, expected)

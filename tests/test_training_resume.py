@@ -25,7 +25,10 @@ def _run(mode: str, backend: Any, phase: str) -> list[str]:
     env = {**os.environ, **backend.env, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
         [sys.executable, str(WORKER), mode, backend.url, json.dumps(backend.storage_options), phase],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -7,6 +7,7 @@ hands the work to the module that owns it (``lifecycle``, ``maintenance``,
 
 from __future__ import annotations
 
+import builtins
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +34,10 @@ class VersionAdmin:
         retention: RetentionPolicy | None
 
         def check_writable(self, *, settle: bool = False) -> None: ...
-        def resolve(self, version: Selector, versions: list[CheckpointInfo] | None = None) -> CheckpointInfo: ...
-        def list(self) -> list[CheckpointInfo]: ...
+        def resolve(
+            self, version: Selector, versions: builtins.list[CheckpointInfo] | None = None
+        ) -> CheckpointInfo: ...
+        def list(self) -> builtins.list[CheckpointInfo]: ...
         def _copies(self, info: CheckpointInfo) -> Copies: ...
 
     def _set_pinned(self, version: Selector, pinned: bool) -> CheckpointInfo:
@@ -62,7 +65,7 @@ class VersionAdmin:
         lifecycle.unlist(self.storage, lambda versions: [v for v in versions if v.version == info.version])
         return info
 
-    def prune(self, policy: RetentionPolicy | None = None, *, dry_run: bool = False) -> list[CheckpointInfo]:
+    def prune(self, policy: RetentionPolicy | None = None, *, dry_run: bool = False) -> builtins.list[CheckpointInfo]:
         """Apply a retention policy (default: the manager's).
 
         Returns:
@@ -82,12 +85,12 @@ class VersionAdmin:
         infos = self.list() if version is None else [self.resolve(version)]
         return maintenance.verify_copies([self._copies(info)[-1] for info in infos])
 
-    def gc(self, older_than: timedelta | float = timedelta(hours=1)) -> list[str]:
+    def gc(self, older_than: timedelta | float = timedelta(hours=1)) -> builtins.list[str]:
         """Remove uncommitted leftovers older than the grace period; returns what was removed."""
         self.check_writable()
         return maintenance.collect_garbage(self.storage, {v.version for v in self.list()}, older_than)
 
-    def repair(self) -> list[CheckpointInfo]:
+    def repair(self) -> builtins.list[CheckpointInfo]:
         """Rebuild the manifest from the versions' ``meta.json`` files; returns the listed versions."""
         self.check_writable()
         return mf.rebuild(self.storage).versions

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,12 +48,19 @@ class DemoResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "root": self.root, "epochs": self.epochs, "interrupted_after": self.interrupted_after,
-            "resumed_from": self.resumed_from, "removed": self.removed, "best": self.best,
-            "best_val_loss": self.best_val_loss, "export_url": self.export_url,
+            "root": self.root,
+            "epochs": self.epochs,
+            "interrupted_after": self.interrupted_after,
+            "resumed_from": self.resumed_from,
+            "removed": self.removed,
+            "best": self.best,
+            "best_val_loss": self.best_val_loss,
+            "export_url": self.export_url,
             "export_val_loss": self.export_val_loss,
-            "versions": [{"id": v.version, "step": v.step, "epoch": v.epoch, "metrics": v.metrics,
-                          "exports": sorted(v.exports)} for v in self.versions],
+            "versions": [
+                {"id": v.version, "step": v.step, "epoch": v.epoch, "metrics": v.metrics, "exports": sorted(v.exports)}
+                for v in self.versions
+            ],
         }
 
 
@@ -108,8 +116,14 @@ def run_demo(
     if earlier:
         say(f"found {earlier} version(s) from an earlier demo run; this run adds to them")
 
-    def train(start_epoch: int, model: nn.Module, opt: Any, sched: Any, shuffle: torch.Generator,
-              preempt_after: int | None = None) -> None:
+    def train(
+        start_epoch: int,
+        model: nn.Module,
+        opt: Any,
+        sched: Any,
+        shuffle: torch.Generator,
+        preempt_after: int | None = None,
+    ) -> None:
         steps_per_epoch = math.ceil(len(x_train) / _BATCH)
         for epoch in range(start_epoch, epochs + 1):
             model.train()
@@ -125,15 +139,23 @@ def run_demo(
             val = _val_loss(model, x_val, y_val)
             before = {v.version for v in mgr.list()}
             info = mgr.save(
-                epoch * steps_per_epoch, epoch=epoch, model=model, optimizer=opt, scheduler=sched,
+                epoch * steps_per_epoch,
+                epoch=epoch,
+                model=model,
+                optimizer=opt,
+                scheduler=sched,
                 metrics={METRIC: val, "train_loss": total / len(x_train)},
-                extra={"shuffle_rng": shuffle.get_state()}, tags=[DEMO_TAG],
+                extra={"shuffle_rng": shuffle.get_state()},
+                tags=[DEMO_TAG],
             )
+            assert isinstance(info, CheckpointInfo)  # a synchronous save in one process
             gone = sorted(before - {v.version for v in mgr.list()})
             removed.extend(gone)
             pruned = f", pruned {len(gone)} old version(s)" if gone else ""
-            say(f"epoch {epoch}/{epochs}  step {info.step:4d}  train_loss {total / len(x_train):.4f}  "
-                f"{METRIC} {val:.4f}  saved {info.version}{pruned}")
+            say(
+                f"epoch {epoch}/{epochs}  step {info.step:4d}  train_loss {total / len(x_train):.4f}  "
+                f"{METRIC} {val:.4f}  saved {info.version}{pruned}"
+            )
             if epoch == preempt_after:
                 raise _Preempted
 
@@ -152,8 +174,10 @@ def run_demo(
     model, opt, sched, shuffle = fresh(99)  # a new process: different initial weights, nothing carried over
     ckpt = mgr.restore(model=model, optimizer=opt, scheduler=sched)
     shuffle.set_state(ckpt.extra["shuffle_rng"])
-    say(f"resumed from {ckpt.info.version} (epoch {ckpt.epoch}, step {ckpt.step}, "
-        f"{METRIC} {ckpt.metrics[METRIC]:.4f}) into a fresh model and optimizer")
+    say(
+        f"resumed from {ckpt.info.version} (epoch {ckpt.epoch}, step {ckpt.step}, "
+        f"{METRIC} {ckpt.metrics[METRIC]:.4f}) into a fresh model and optimizer"
+    )
     train(int(ckpt.epoch or 0) + 1, model, opt, sched, shuffle)
 
     result = DemoResult(str(mgr.root_url), epochs, interrupt_after, ckpt.info.version, [], removed)
@@ -167,8 +191,14 @@ def run_demo(
     return result
 
 
-def _export_best(mgr: CheckpointManager, best: CheckpointInfo, x: torch.Tensor, y: torch.Tensor,
-                 result: DemoResult, say: Callable[[str], Any]) -> None:
+def _export_best(
+    mgr: CheckpointManager,
+    best: CheckpointInfo,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    result: DemoResult,
+    say: Callable[[str], Any],
+) -> None:
     """Export the best version (its weights, not the live model's) and check the artifact reproduces its loss."""
     from .export import load_torchscript
 
@@ -183,8 +213,10 @@ def _export_best(mgr: CheckpointManager, best: CheckpointInfo, x: torch.Tensor, 
     result.export_url, result.export_val_loss = url, _val_loss(scripted, x, y)
     same = math.isclose(result.export_val_loss, float(best.metrics[METRIC]), rel_tol=1e-4, abs_tol=1e-6)
     say(f"exported best version {best.version} (epoch {best.epoch}) to TorchScript: {url}")
-    say(f"the TorchScript module (no Python class needed) gives {METRIC} {result.export_val_loss:.4f} "
-        f"on the validation set{' - as recorded at save time' if same else ' - DIFFERS from the recorded value'}")
+    say(
+        f"the TorchScript module (no Python class needed) gives {METRIC} {result.export_val_loss:.4f} "
+        f"on the validation set{' - as recorded at save time' if same else ' - DIFFERS from the recorded value'}"
+    )
 
 
 def _print_versions(result: DemoResult, say: Callable[[str], Any]) -> None:
@@ -193,11 +225,20 @@ def _print_versions(result: DemoResult, say: Callable[[str], Any]) -> None:
     latest = result.versions[-1].version if result.versions else None
     rows = []
     for v in result.versions:
-        notes = [n for n, on in (("latest", v.version == latest), ("best", v.version == result.best),
-                                 ("resumed from", v.version == result.resumed_from)) if on]
+        notes = [
+            n
+            for n, on in (
+                ("latest", v.version == latest),
+                ("best", v.version == result.best),
+                ("resumed from", v.version == result.resumed_from),
+            )
+            if on
+        ]
         if v.exports:
             notes.append("exported")
-        rows.append([v.version, str(v.step), str(v.epoch), f"{v.metrics.get(METRIC, float('nan')):.4f}", ", ".join(notes)])
+        rows.append(
+            [v.version, str(v.step), str(v.epoch), f"{v.metrics.get(METRIC, float('nan')):.4f}", ", ".join(notes)]
+        )
     say("")
     say(f"versions kept in {result.root} ({len(result.removed)} removed by retention during this run):")
     say(table(["ID", "STEP", "EPOCH", METRIC.upper(), "NOTE"], rows))

@@ -41,8 +41,9 @@ import posixpath
 import re
 import warnings
 import zipfile
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -58,7 +59,6 @@ from .layout import EXPORTS, export_path, is_plain_name
 from .storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
-
 
 
 # ----- small helpers ------------------------------------------------------------------------------------
@@ -104,9 +104,7 @@ def _kept_modes(model: torch.nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def _load_version_weights(
-    manager: Any, model: torch.nn.Module, version: Any, object_name: str | None
-) -> Any:
+def _load_version_weights(manager: Any, model: torch.nn.Module, version: Any, object_name: str | None) -> Any:
     """Load the chosen version's weights into ``model`` (restore semantics); returns its info."""
     info = manager.resolve(version)
     objects = manager.load(info, map_location="cpu")

@@ -65,6 +65,6 @@ def prefill_module(module: torch.nn.Module, state: Any) -> Any:
                 if fed is None:
                     fed = OrderedDict(state)
                     if hasattr(state, "_metadata"):
-                        fed._metadata = state._metadata  # type: ignore[attr-defined]
+                        fed._metadata = state._metadata
                 fed[key] = live  # load_state_dict's copy_ of a tensor onto itself does nothing
     return state if fed is None else fed

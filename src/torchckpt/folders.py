@@ -16,6 +16,7 @@ the files into place: a corrupt or missing file leaves the target untouched.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import logging
 import os
@@ -141,19 +142,36 @@ def save_files(
                 records[rel] = out.record()
                 out.close()
         info = new_version_info(
-            vid, files=records, url=storage.url(version_dir(vid)), created_at=created, step=step, epoch=epoch,
-            metrics=metrics, tags=tags, format=FILES_LAYOUT, layout=FILES_LAYOUT, name=name,
+            vid,
+            files=records,
+            url=storage.url(version_dir(vid)),
+            created_at=created,
+            step=step,
+            epoch=epoch,
+            metrics=metrics,
+            tags=tags,
+            format=FILES_LAYOUT,
+            layout=FILES_LAYOUT,
+            name=name,
         )
         removed = commit_version(storage, writer, info, retention, replace_name=replace)
     except BaseException as exc:
         writer.abort()
         if isinstance(exc, OSError) and not isinstance(exc, (CheckpointError, FileNotFoundError)):
-            raise StorageError(f"saving the folder {local_dir} as step {step} to {storage.root_url} failed: "
-                               f"{exc}") from exc
+            raise StorageError(
+                f"saving the folder {local_dir} as step {step} to {storage.root_url} failed: {exc}"
+            ) from exc
         raise
-    log.info("saved folder %s as %s (%d files, %.1f MB) to %s in %.2fs%s", local_dir, vid, len(records),
-             info.size_bytes / 1e6, storage.root_url, time.perf_counter() - started,
-             f", removed {len(removed)}" if removed else "")
+    log.info(
+        "saved folder %s as %s (%d files, %.1f MB) to %s in %.2fs%s",
+        local_dir,
+        vid,
+        len(records),
+        info.size_bytes / 1e6,
+        storage.root_url,
+        time.perf_counter() - started,
+        f", removed {len(removed)}" if removed else "",
+    )
     return info
 
 
@@ -238,11 +256,19 @@ class FolderVersions:
 
         def check_writable(self, *, settle: bool = False) -> None: ...
         def wait(self) -> None: ...
-        def resolve(self, version: Selector, versions: list[CheckpointInfo] | None = None) -> CheckpointInfo: ...
+        def resolve(
+            self, version: Selector, versions: builtins.list[CheckpointInfo] | None = None
+        ) -> CheckpointInfo: ...
 
     def save_files(
-        self, step: int, local_dir: str | os.PathLike[str], *, epoch: int | None = None,
-        metrics: Mapping[str, float] | None = None, tags: Iterable[str] = (), name: str | None = None,
+        self,
+        step: int,
+        local_dir: str | os.PathLike[str],
+        *,
+        epoch: int | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Iterable[str] = (),
+        name: str | None = None,
         replace: bool = False,
     ) -> CheckpointInfo:
         """Commit every file under ``local_dir`` (recursively) as one folder version (``folders.save_files``).
@@ -264,9 +290,17 @@ class FolderVersions:
         """
         self.check_writable()
         self.wait()
-        return save_files(self.storage, self.retention, local_dir, step=step, epoch=epoch,
-                                  metrics=clean_metrics(metrics), tags=tuple(str(t) for t in tags), name=name,
-                                  replace=replace)
+        return save_files(
+            self.storage,
+            self.retention,
+            local_dir,
+            step=step,
+            epoch=epoch,
+            metrics=clean_metrics(metrics),
+            tags=tuple(str(t) for t in tags),
+            name=name,
+            replace=replace,
+        )
 
     def restore_files(self, version: Selector = "latest", local_dir: str | os.PathLike[str] | None = None) -> Path:
         """Materialise a folder version into ``local_dir``, every file verified first (``folders.restore_files``).

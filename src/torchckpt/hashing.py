@@ -10,10 +10,10 @@ import contextlib
 import io
 import mmap
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
-from typing import IO, Any, BinaryIO, Callable
+from typing import IO, Any, BinaryIO
 
 import xxhash
 
@@ -23,11 +23,11 @@ ALGORITHM = "xxh3_128"
 _CHUNK = 16 << 20
 
 
-def new_hasher() -> "xxhash.xxh3_128":
+def new_hasher() -> xxhash.xxh3_128:
     return xxhash.xxh3_128()
 
 
-def digest_of(hasher: "xxhash.xxh3_128") -> str:
+def digest_of(hasher: xxhash.xxh3_128) -> str:
     return f"{ALGORITHM}:{hasher.hexdigest()}"
 
 

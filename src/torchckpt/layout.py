@@ -141,8 +141,11 @@ def check_version_name(name: str) -> str:
             is all digits (a step), contains ``..`` or is longer than 200 characters.
     """
     if (
-        not isinstance(name, str) or not _VERSION_NAME_RE.match(name) or ".." in name
-        or name in RESERVED_NAMES or name.isdigit()
+        not isinstance(name, str)
+        or not _VERSION_NAME_RE.match(name)
+        or ".." in name
+        or name in RESERVED_NAMES
+        or name.isdigit()
     ):
         raise ValueError(
             f"invalid version name {name!r}: use 1-200 of letters, digits and _ . , = + @ ~ - (starting with a "

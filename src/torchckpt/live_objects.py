@@ -47,8 +47,7 @@ def capture(name: str, obj: Any) -> Any:
         return dict(obj)
     refuse_plain_loader(name, obj, "save")
     raise TypeError(
-        f"cannot save {name}={type(obj).__name__}: pass an object with state_dict(), a tensor, "
-        "or a dict of tensors"
+        f"cannot save {name}={type(obj).__name__}: pass an object with state_dict(), a tensor, or a dict of tensors"
     )
 
 

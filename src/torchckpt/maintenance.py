@@ -73,7 +73,9 @@ def verify_copies(targets: list[tuple[Storage, CheckpointInfo]]) -> VerifyReport
             if size != int(expected.get("size", -1)):
                 report.problems.append((info.version, f"{name}: size {size}, expected {expected.get('size')}"))
             elif actual != expected.get("checksum"):
-                report.problems.append((info.version, f"{name}: checksum {actual}, expected {expected.get('checksum')}"))
+                report.problems.append(
+                    (info.version, f"{name}: checksum {actual}, expected {expected.get('checksum')}")
+                )
     return report
 
 

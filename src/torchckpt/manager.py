@@ -8,6 +8,7 @@ selector means (``selectors``), and how a restore falls back.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import signal
@@ -117,8 +118,11 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
         self._saver: AsyncSaver | None = None
         if cache is not None and distributed:
             raise ValueError(SHARDED_REFUSAL)
-        self._tiers = None if cache is None else Tiers(self.storage, cache, keep_last=cache_keep_last,
-                                                       retention=retention, read_only=read_only)
+        self._tiers = (
+            None
+            if cache is None
+            else Tiers(self.storage, cache, keep_last=cache_keep_last, retention=retention, read_only=read_only)
+        )
         self.schedule = SaveSchedule(save_every_steps, save_every_seconds, preemption_signals=preemption_signals)
         log.debug("checkpoint manager on %s", self.storage.root_url)
 
@@ -155,7 +159,7 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
         if self._tiers is not None:
             self._tiers.wait()
 
-    def pending_uploads(self) -> list[CheckpointInfo]:
+    def pending_uploads(self) -> builtins.list[CheckpointInfo]:
         """Versions committed in the cache but not yet in the root, oldest first (empty without a cache)."""
         return self._tiers.pending() if self._tiers is not None else []
 
@@ -209,7 +213,9 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
         """
         self.check_writable()
         check_save_args(step, epoch, objects, self.format, whole_model)
-        args = dict(step=step, epoch=epoch, metrics=clean_metrics(metrics), tags=tuple(str(t) for t in tags))
+        args: dict[str, Any] = dict(
+            step=step, epoch=epoch, metrics=clean_metrics(metrics), tags=tuple(str(t) for t in tags)
+        )
         if name is not None:
             check_version_name(name)
             if self._tiers is not None:
@@ -232,9 +238,20 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
                     self.schedule.save_committed()
                     return info
                 self._saver = self._saver or AsyncSaver()  # blocked: id, capture, the shards' staging copy
-                sharded = self._saver.start(lambda pool: (distributed.begin_sharded_save(
-                    self.storage, self.retention, objects, extra=extra_clean, background=True, stage=pool.snapshot,
-                    **args), None))
+                sharded = self._saver.start(
+                    lambda pool: (
+                        distributed.begin_sharded_save(
+                            self.storage,
+                            self.retention,
+                            objects,
+                            extra=extra_clean,
+                            background=True,
+                            stage=pool.snapshot,
+                            **args,
+                        ),
+                        None,
+                    )
+                )
                 sharded.add_done_callback(lambda _: self.schedule.save_committed())
                 return sharded
             if skips_replicated_write(self.distributed):  # replicated state: rank 0 writes it
@@ -275,7 +292,7 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
         return torch.distributed.is_available() and torch.distributed.is_initialized()
 
     # ----- reading ------------------------------------------------------------------------------------------
-    def list(self) -> list[CheckpointInfo]:
+    def list(self) -> builtins.list[CheckpointInfo]:
         """Committed versions, oldest first (one manifest read).
 
         With a cache: the root's versions plus committed cache versions not yet uploaded (``info.tiers``).
@@ -316,7 +333,7 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
         """
         return self.resolve(version)
 
-    def resolve(self, version: Selector, versions: list[CheckpointInfo] | None = None) -> CheckpointInfo:
+    def resolve(self, version: Selector, versions: builtins.list[CheckpointInfo] | None = None) -> CheckpointInfo:
         """Resolve a selector among ``versions`` (default: a fresh manifest read).
 
         Raises:
@@ -329,8 +346,13 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
         return any(v.version == version_id for v in self.list())
 
     def load(
-        self, version: Selector = "latest", *, map_location: MapLocation = None, verify: bool = True,
-        trust_pickle: bool = False, objects: Sequence[str] | None = None,
+        self,
+        version: Selector = "latest",
+        *,
+        map_location: MapLocation = None,
+        verify: bool = True,
+        trust_pickle: bool = False,
+        objects: Sequence[str] | None = None,
     ) -> dict[str, Any]:
         """The saved state as a plain dict (object name -> state); nothing is loaded in place.
 
@@ -347,9 +369,18 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
             UnsafeCheckpointError: loading would need arbitrary pickle.
             MissingObjectError: ``objects`` names an object the version did not save.
         """
-        return read_first(self._copies(self.resolve(version)), lambda s, i: read_objects(
-            s, i, map_location=map_location, verify=verify, trust_pickle=trust_pickle, is_listed=self._is_listed,
-            objects=objects))
+        return read_first(
+            self._copies(self.resolve(version)),
+            lambda s, i: read_objects(
+                s,
+                i,
+                map_location=map_location,
+                verify=verify,
+                trust_pickle=trust_pickle,
+                is_listed=self._is_listed,
+                objects=objects,
+            ),
+        )
 
     def _copies(self, info: CheckpointInfo) -> Copies:
         """Where to read a version from: the cache first (when it holds it), then the root."""
@@ -410,18 +441,33 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
             versions = mf.scan(self.storage).versions
         if missing_ok and not versions:
             return None
-        candidates = restore_candidates(versions, version, fallback=fallback, root_url=self.root_url,
-                                        retention=self.retention)
+        candidates = restore_candidates(
+            versions, version, fallback=fallback, root_url=self.root_url, retention=self.retention
+        )
         return restore_into(
-            self.storage, candidates, objects, map_location=map_location, strict=strict, restore_rng=restore_rng,
-            fallback=fallback, verify=verify, trust_pickle=trust_pickle, is_listed=self._is_listed, copies=self._copies,
+            self.storage,
+            candidates,
+            objects,
+            map_location=map_location,
+            strict=strict,
+            restore_rng=restore_rng,
+            fallback=fallback,
+            verify=verify,
+            trust_pickle=trust_pickle,
+            is_listed=self._is_listed,
+            copies=self._copies,
             key_map=key_map,
-            collective=self.distributed is not False and torch.distributed.is_available()
+            collective=self.distributed is not False
+            and torch.distributed.is_available()
             and torch.distributed.is_initialized(),
         )
 
     def load_model(
-        self, version: Selector = "latest", *, map_location: MapLocation = None, trust_pickle: bool = False,
+        self,
+        version: Selector = "latest",
+        *,
+        map_location: MapLocation = None,
+        trust_pickle: bool = False,
         verify: bool = True,
     ) -> torch.nn.Module:
         """The whole pickled module of a ``whole_model=True`` version.
@@ -430,8 +476,10 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
             UnsafeCheckpointError: without ``trust_pickle=True`` (pickled modules run code on load).
             CheckpointError: the version was not saved with ``whole_model=True``.
         """
-        return read_first(self._copies(self.resolve(version)), lambda s, i: load_whole_model(
-            s, i, map_location=map_location, trust_pickle=trust_pickle, verify=verify))
+        return read_first(
+            self._copies(self.resolve(version)),
+            lambda s, i: load_whole_model(s, i, map_location=map_location, trust_pickle=trust_pickle, verify=verify),
+        )
 
     # ----- managing versions ------------------------------------------------------------------------------------
     def check_writable(self, *, settle: bool = False) -> None:
@@ -443,4 +491,3 @@ class CheckpointManager(FolderVersions, TrainingLoop, VersionAdmin):
             raise ReadOnlyError(f"manager on {self.root_url} is read-only; open it with read_only=False to write")
         if settle and self._tiers is not None:
             self._tiers.wait()
-

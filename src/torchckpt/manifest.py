@@ -110,7 +110,9 @@ def read(storage: Storage) -> Manifest:
             if found.versions:
                 log.warning(
                     "%s is missing: listing %d version(s) from their meta.json; run `torchckpt repair %s`",
-                    storage.url(MANIFEST), len(found.versions), storage.root_url,
+                    storage.url(MANIFEST),
+                    len(found.versions),
+                    storage.root_url,
                 )
             return found
         try:
@@ -200,7 +202,8 @@ def read_meta(storage: Storage, version: str) -> CheckpointInfo:
 
 def committed_ids(storage: Storage) -> tuple[list[str], list[str]]:
     """Version folders with a ``meta.json`` (committed) and without (leftovers), by listing."""
-    committed, leftovers = [], []
+    committed: list[str] = []
+    leftovers: list[str] = []
     for name in storage.list_names(VERSIONS):
         if name.startswith(STAGING_PREFIX):
             leftovers.append(name)

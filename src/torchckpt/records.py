@@ -7,15 +7,17 @@ The same record is stored in ``meta.json`` (immutable) and, plus ``pinned`` and
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import CheckpointError
 from .layout import check_file_name, check_rel_path, check_version_id, check_version_name
 
 #: ``CheckpointInfo.layout`` of a folder version (``save_files``): its files keep their relative paths.
 FILES_LAYOUT = "files"
+
 
 def _parse_time(value: str) -> datetime:
     dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -69,7 +71,7 @@ class CheckpointInfo:
         return rec
 
     @classmethod
-    def from_record(cls, rec: Mapping[str, Any], url: str = "") -> "CheckpointInfo":
+    def from_record(cls, rec: Mapping[str, Any], url: str = "") -> CheckpointInfo:
         """Parse a manifest or ``meta.json`` record; every path and name in it is checked.
 
         Raises:
@@ -100,7 +102,7 @@ class CheckpointInfo:
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"malformed version record {dict(rec)!r}: {exc}") from exc
 
-    def with_(self, **changes: Any) -> "CheckpointInfo":
+    def with_(self, **changes: Any) -> CheckpointInfo:
         return replace(self, **changes)
 
 

@@ -64,8 +64,10 @@ def read_first(copies: Copies, read: Callable[[Storage, CheckpointInfo], T]) -> 
             if i == len(copies) - 1:
                 raise
             nxt = copies[i + 1][0].root_url
-            warnings.warn(f"the copy of {info.version} in {storage.root_url} is unusable ({exc}); reading it from "
-                          f"{nxt}", stacklevel=3)
+            warnings.warn(
+                f"the copy of {info.version} in {storage.root_url} is unusable ({exc}); reading it from {nxt}",
+                stacklevel=3,
+            )
             log.warning("copy of %s in %s unusable (%s); reading it from %s", info.version, storage.root_url, exc, nxt)
     raise CheckpointNotFoundError("no copy to read")  # only for an empty list
 
@@ -97,8 +99,9 @@ def read_payload(
         UnsafeCheckpointError: loading would need arbitrary pickle.
     """
     try:
-        return format_of(info).read(storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle,
-                                    objects=objects)
+        return format_of(info).read(
+            storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle, objects=objects
+        )
     except FileNotFoundError as exc:  # a listed version lost a data file: as corrupt as a bad checksum
         if not is_listed(info.version):
             raise CheckpointNotFoundError(
@@ -146,8 +149,15 @@ def read_objects(
             raise MissingObjectError(
                 f"version {info.version} has no {', '.join(unknown)}; it saved: {', '.join(info.objects)}"
             )
-    states: dict[str, Any] = read_payload(storage, info, map_location=map_location, verify=verify,
-                                          trust_pickle=trust_pickle, is_listed=is_listed, objects=objects)["objects"]
+    states: dict[str, Any] = read_payload(
+        storage,
+        info,
+        map_location=map_location,
+        verify=verify,
+        trust_pickle=trust_pickle,
+        is_listed=is_listed,
+        objects=objects,
+    )["objects"]
     missing = [n for n in objects or () if n not in states]
     if missing:
         raise MissingObjectError(f"version {info.version} has no {', '.join(missing)}; it saved: {', '.join(states)}")
@@ -203,17 +213,32 @@ def restore_into(
                 if key_map is not None:
                     raise TypeError(f"key_map is not supported for sharded (DCP) version {info.version}")
                 ckpt = restore_sharded(
-                    storage, info, objects, collective=collective, strict=strict, restore_rng=restore_rng,
-                    verify=verify, trust_pickle=trust_pickle,
+                    storage,
+                    info,
+                    objects,
+                    collective=collective,
+                    strict=strict,
+                    restore_rng=restore_rng,
+                    verify=verify,
+                    trust_pickle=trust_pickle,
                 )
                 log.info("restored sharded %s from %s", info.version, storage.root_url)
                 return ckpt
             wanted = list(objects) if objects and info.objects else None  # None: read everything
 
-            def read_and_load(src: Storage, version: CheckpointInfo) -> tuple[Storage, dict[str, Any], Loaded]:
+            def read_and_load(
+                src: Storage, version: CheckpointInfo, wanted: list[str] | None = wanted
+            ) -> tuple[Storage, dict[str, Any], Loaded]:
                 with overlapped_checks():  # local files are hashed on a worker thread while we copy them in
-                    payload = read_payload(src, version, map_location=map_location, verify=verify,
-                                           trust_pickle=trust_pickle, is_listed=is_listed, objects=wanted)
+                    payload = read_payload(
+                        src,
+                        version,
+                        map_location=map_location,
+                        verify=verify,
+                        trust_pickle=trust_pickle,
+                        is_listed=is_listed,
+                        objects=wanted,
+                    )
                     loaded = _load_objects(version, payload["objects"], objects, strict, key_map)
                 return src, payload, loaded
 
@@ -236,8 +261,15 @@ def restore_into(
         chosen, chosen_storage = info, source
 
         def read_one(name: str) -> Any:
-            return read_payload(chosen_storage, chosen, map_location=map_location, verify=verify,
-                                trust_pickle=trust_pickle, is_listed=is_listed, objects=[name])["objects"][name]
+            return read_payload(
+                chosen_storage,
+                chosen,
+                map_location=map_location,
+                verify=verify,
+                trust_pickle=trust_pickle,
+                is_listed=is_listed,
+                objects=[name],
+            )["objects"][name]
 
         states = SavedStates(states, info.objects, read_one)
     ckpt = Checkpoint(info=info, state=states, extra=payload.get("extra", {}))
@@ -254,7 +286,10 @@ Loaded = tuple[dict[str, list[str]], dict[str, list[str]], Exception | None]
 
 
 def _load_objects(
-    info: CheckpointInfo, states: Mapping[str, Any], objects: Mapping[str, Any], strict: bool,
+    info: CheckpointInfo,
+    states: Mapping[str, Any],
+    objects: Mapping[str, Any],
+    strict: bool,
     key_map: KeyMap | None,
 ) -> Loaded:
     """Load each state into its live object; a loading failure is returned, to raise once the bytes are verified.
@@ -310,7 +345,7 @@ def load_whole_model(
     return module
 
 
-class SavedStates(dict):  # type: ignore[type-arg]
+class SavedStates(dict):
     """``Checkpoint.state`` after a partial read: a saved object not read yet is read on first use.
 
     ``restore(model=net)`` reads (and verifies) only the model's data; the version's
@@ -336,7 +371,7 @@ class SavedStates(dict):  # type: ignore[type-arg]
             if not dict.__contains__(self, name):
                 self[name]
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         """The state of ``key`` (read now if needed), or ``default`` when it was not saved."""
         return self[key] if key in self else default  # noqa: SIM401 (dict.get would not read it)
 
@@ -351,17 +386,17 @@ class SavedStates(dict):  # type: ignore[type-arg]
         self._read_all()
         return dict.__iter__(self)
 
-    def keys(self) -> Any:  # type: ignore[override]
+    def keys(self) -> Any:
         """Every saved name (reads the objects not read yet)."""
         self._read_all()
         return dict.keys(self)
 
-    def items(self) -> Any:  # type: ignore[override]
+    def items(self) -> Any:
         """Every saved object's state (reads the objects not read yet)."""
         self._read_all()
         return dict.items(self)
 
-    def values(self) -> Any:  # type: ignore[override]
+    def values(self) -> Any:
         """Every saved object's state (reads the objects not read yet)."""
         self._read_all()
         return dict.values(self)
@@ -375,9 +410,12 @@ class SavedStates(dict):  # type: ignore[type-arg]
         self._read_all()
         return dict.__eq__(self, other)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
     def __repr__(self) -> str:
         pending = [n for n in self._names if not dict.__contains__(self, n)]
-        return f"{dict.__repr__(self)[:-1]}{', ' if pending and dict.__len__(self) else ''}" + \
-            ", ".join(f"{n!r}: <not read yet>" for n in pending) + "}"
+        return (
+            f"{dict.__repr__(self)[:-1]}{', ' if pending and dict.__len__(self) else ''}"
+            + ", ".join(f"{n!r}: <not read yet>" for n in pending)
+            + "}"
+        )

@@ -8,9 +8,9 @@ training can always resume (Orbax #526 evicted it), nor is a pinned one.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from collections.abc import Sequence
 
 from .records import CheckpointInfo
 
@@ -76,9 +76,7 @@ class RetentionPolicy:
     @property
     def keeps_everything(self) -> bool:
         """True when no rule is set (nothing is ever removed)."""
-        return all(
-            v is None for v in (self.keep_last, self.keep_every_n_steps, self.keep_interval, self.keep_best)
-        )
+        return all(v is None for v in (self.keep_last, self.keep_every_n_steps, self.keep_interval, self.keep_best))
 
     def to_remove(self, versions: Sequence[CheckpointInfo]) -> list[CheckpointInfo]:
         """The versions no rule keeps (never the newest, never a pinned one).

@@ -23,7 +23,7 @@ def capture() -> dict[str, Any]:
         kind, keys, pos, has_gauss, cached = np.random.get_state()
         state["numpy"] = {
             "kind": str(kind),
-            "keys": torch.from_numpy(keys.astype("int64")),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached),

@@ -82,8 +82,17 @@ def write_version(
                 else:
                     files[MODULE_FILE] = save_pickled(module, f)
         info = new_version_info(
-            vid, files=files, url=storage.url(version_dir(vid)), created_at=created, step=step, epoch=epoch,
-            metrics=metrics, tags=tags, format=format, objects=tuple(payload["objects"]), name=name,
+            vid,
+            files=files,
+            url=storage.url(version_dir(vid)),
+            created_at=created,
+            step=step,
+            epoch=epoch,
+            metrics=metrics,
+            tags=tags,
+            format=format,
+            objects=tuple(payload["objects"]),
+            name=name,
         )
         removed = commit_version(storage, writer, info, retention, replace_name=replace)
     except BaseException as exc:
@@ -92,8 +101,14 @@ def write_version(
         if cause is not None and not isinstance(exc, CheckpointError):
             raise StorageError(f"saving step {step} to {storage.root_url} failed: {cause}") from exc
         raise
-    log.info("saved %s (%.1f MB) to %s in %.2fs%s", vid, info.size_bytes / 1e6, storage.root_url,
-             time.perf_counter() - started, f", removed {len(removed)}" if removed else "")
+    log.info(
+        "saved %s (%.1f MB) to %s in %.2fs%s",
+        vid,
+        info.size_bytes / 1e6,
+        storage.root_url,
+        time.perf_counter() - started,
+        f", removed {len(removed)}" if removed else "",
+    )
     return info
 
 

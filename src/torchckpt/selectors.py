@@ -7,7 +7,7 @@ fallback restore can resolve among versions found without a readable manifest).
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any
 
 from .errors import CheckpointNotFoundError
 from .layout import check_version_id, is_version_name
@@ -15,7 +15,7 @@ from .records import CheckpointInfo
 from .retention import RetentionPolicy
 
 #: What ``version=`` accepts.
-Selector = Union[str, int, CheckpointInfo]
+Selector = str | int | CheckpointInfo
 
 
 def best(
@@ -87,9 +87,7 @@ def resolve(
         if found is None:  # a caller-chosen name (``save_files(..., name=)``), unique among listed versions
             found = next((v for v in reversed(versions) if v.name == version), None)
     else:
-        raise TypeError(
-            f"version must be 'latest', 'best', a step, an id, a name or a CheckpointInfo, not {version!r}"
-        )
+        raise TypeError(f"version must be 'latest', 'best', a step, an id, a name or a CheckpointInfo, not {version!r}")
     if found is None:
         raise CheckpointNotFoundError(not_found_message(version, versions, root_url))
     return found
@@ -105,7 +103,11 @@ def not_found_message(version: Any, versions: list[CheckpointInfo], root: str) -
 
 
 def restore_candidates(
-    versions: list[CheckpointInfo], version: Selector, *, fallback: bool, root_url: str,
+    versions: list[CheckpointInfo],
+    version: Selector,
+    *,
+    fallback: bool,
+    root_url: str,
     retention: RetentionPolicy | None = None,
 ) -> list[CheckpointInfo]:
     """What a restore tries, in order: the selected version, then (with ``fallback``) the older ones, newest first.

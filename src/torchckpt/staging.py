@@ -143,7 +143,7 @@ class StagingPool:
 
             if is_dtensor(t):
                 local = t.to_local().detach()  # type: ignore[attr-defined]
-                return dtensor_like(self._stage(local, (*path, "<local>"), used, cuda), t)  # type: ignore[no-any-return]
+                return dtensor_like(self._stage(local, (*path, "<local>"), used, cuda), t)
         if not _stageable(t):
             return t.to("cpu", copy=True)
         is_cuda = t.device.type == "cuda"

@@ -21,8 +21,15 @@ def main(out: str) -> None:
     net(torch.randn(5, 4)).sum().backward()
     opt.step()
     mgr = CheckpointManager(out)
-    mgr.save(1, model=net, optimizer=opt, epoch=0, metrics={"val_loss": 0.5}, extra={"note": "torch", "t": torch.arange(3)},
-             tags=["first"])
+    mgr.save(
+        1,
+        model=net,
+        optimizer=opt,
+        epoch=0,
+        metrics={"val_loss": 0.5},
+        extra={"note": "torch", "t": torch.arange(3)},
+        tags=["first"],
+    )
     mgr.pin(1)
     mgr.save(2, model=net, whole_model=True, metrics={"val_loss": 0.4})
     CheckpointManager(out, format="safetensors").save(3, model=net, optimizer=opt, metrics={"val_loss": 0.3})

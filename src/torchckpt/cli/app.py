@@ -51,7 +51,11 @@ def common(fn: F) -> F:
     """Adds ``--storage-option``, ``--json`` and ``--quiet``; passes them as ``opts``."""
 
     @click.option(
-        "--storage-option", "-o", "storage_option", multiple=True, metavar="KEY=VALUE",
+        "--storage-option",
+        "-o",
+        "storage_option",
+        multiple=True,
+        metavar="KEY=VALUE",
         help="fsspec option, repeatable; dotted keys nest (client_kwargs.endpoint_url=URL), values parse as JSON.",
     )
     @click.option("--json", "json_out", is_flag=True, help="Print one JSON document for machines.")
@@ -64,13 +68,19 @@ def common(fn: F) -> F:
 
 
 def best_options(fn: F) -> F:
-    fn = click.option("--mode", type=click.Choice(["min", "max"]), default="min", show_default=True,
-                      help="Whether a lower or higher --metric is better.")(fn)
-    return click.option("--metric", metavar="NAME", help="Metric that defines 'best'.")(fn)  # type: ignore[return-value]
+    fn = click.option(
+        "--mode",
+        type=click.Choice(["min", "max"]),
+        default="min",
+        show_default=True,
+        help="Whether a lower or higher --metric is better.",
+    )(fn)
+    return click.option("--metric", metavar="NAME", help="Metric that defines 'best'.")(fn)
 
 
-def open_manager(root: str, opts: Opts, *, write: bool = False, create: bool = False,
-                 cache: str | None = None) -> CheckpointManager:
+def open_manager(
+    root: str, opts: Opts, *, write: bool = False, create: bool = False, cache: str | None = None
+) -> CheckpointManager:
     """A manager on ROOT (with ``cache``: both tiers, no uploads); never creates a missing root unless ``create``."""
     mgr = CheckpointManager(root, storage_options=opts.storage_options or None, read_only=not create, cache=cache)
     mgr.read_only = not (write or create)  # checked the root without creating it; now allow writes
@@ -92,8 +102,14 @@ def resolve(mgr: CheckpointManager, text: str, metric: str | None = None, mode: 
 class _Main(click.Group):
     """Turns every expected error into one line on stderr and the contract's exit code."""
 
-    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(
+        self,
+        args: Any = None,
+        prog_name: Any = None,
+        complete_var: Any = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
         try:
             rv = super().main(args, prog_name or "torchckpt", complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else EXIT_OK
@@ -108,15 +124,16 @@ class _Main(click.Group):
         except (click.Abort, KeyboardInterrupt):
             code = _fail("interrupted", 130)
         except BrokenPipeError:
-            sys.stdout = open(os.devnull, "w")  # the reader went away (| head): not an error to report
+            sys.stdout = open(os.devnull, "w")  # the reader went away (| head): not an error to report  # noqa: SIM115
             code = EXIT_OK
         except (CheckpointError, OSError, ValueError) as exc:
             code = _fail(str(exc) or type(exc).__name__, EXIT_FAILED)
         except Exception as exc:  # a bug: still one line unless asked for the traceback
             if os.environ.get("TORCHCKPT_DEBUG"):
                 raise
-            code = _fail(f"internal error: {type(exc).__name__}: {exc} (set TORCHCKPT_DEBUG=1 for the traceback)",
-                         EXIT_FAILED)
+            code = _fail(
+                f"internal error: {type(exc).__name__}: {exc} (set TORCHCKPT_DEBUG=1 for the traceback)", EXIT_FAILED
+            )
         sys.exit(code)
 
 

@@ -36,10 +36,18 @@ def list_cmd(root: str, cache: str | None, metric: str | None, mode: str, opts: 
     best = best_of(versions, metric, mode) if metric else None  # ranks the listing already read
     best_id = best.version if best else None
     if opts.json:
-        emit_json({
-            "root": mgr.root_url, "latest": latest, "best": best_id, "metric": metric, "mode": mode,
-            "versions": [{**record(v), "latest": v.version == latest, "best": v.version == best_id} for v in versions],
-        })
+        emit_json(
+            {
+                "root": mgr.root_url,
+                "latest": latest,
+                "best": best_id,
+                "metric": metric,
+                "mode": mode,
+                "versions": [
+                    {**record(v), "latest": v.version == latest, "best": v.version == best_id} for v in versions
+                ],
+            }
+        )
         return
     if opts.quiet:
         for v in versions:
@@ -51,19 +59,41 @@ def list_cmd(root: str, cache: str | None, metric: str | None, mode: str, opts: 
     rows = []
     for v in versions:
         marks = [m for m, on in (("latest", v.version == latest), ("best", v.version == best_id)) if on]
-        rows.append([
-            v.version if v.name is None else f"{v.version} ({v.name})", str(v.step),
-            "" if v.epoch is None else str(v.epoch), created(v), human_size(v.size_bytes),
-            " ".join(f"{k}={fmt_metric(x)}" for k, x in v.metrics.items()), ",".join(v.tags),
-            "yes" if v.pinned else "", ",".join(v.exports), *([",".join(v.tiers)] if cache else []), ", ".join(marks),
-        ])
-    headers = ["ID", "STEP", "EPOCH", "CREATED", "SIZE", "METRICS", "TAGS", "PINNED", "EXPORTS",
-               *(["TIERS"] if cache else []), ""]
+        rows.append(
+            [
+                v.version if v.name is None else f"{v.version} ({v.name})",
+                str(v.step),
+                "" if v.epoch is None else str(v.epoch),
+                created(v),
+                human_size(v.size_bytes),
+                " ".join(f"{k}={fmt_metric(x)}" for k, x in v.metrics.items()),
+                ",".join(v.tags),
+                "yes" if v.pinned else "",
+                ",".join(v.exports),
+                *([",".join(v.tiers)] if cache else []),
+                ", ".join(marks),
+            ]
+        )
+    headers = [
+        "ID",
+        "STEP",
+        "EPOCH",
+        "CREATED",
+        "SIZE",
+        "METRICS",
+        "TAGS",
+        "PINNED",
+        "EXPORTS",
+        *(["TIERS"] if cache else []),
+        "",
+    ]
     click.echo(table(headers, rows))
     total = sum(v.size_bytes for v in versions)
     pending = sum("root" not in v.tiers for v in versions)
-    click.echo(f"{len(versions)} version(s), {human_size(total)} in {mgr.root_url}"
-               + (f"; {pending} not uploaded yet from {cache}" if cache else ""))
+    click.echo(
+        f"{len(versions)} version(s), {human_size(total)} in {mgr.root_url}"
+        + (f"; {pending} not uploaded yet from {cache}" if cache else "")
+    )
 
 
 @cli.command()
@@ -84,16 +114,30 @@ def show(root: str, version: str, tensors: bool, metric: str | None, mode: str, 
     summary = tensor_summary(mgr, info) if tensors else []
     if opts.json:
         exports = {n: mgr.storage.url(export_path(info.version, n)) for n in info.exports}
-        emit_json({"version": record(info), "export_urls": exports, "tensors": [
-            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "numel": t.numel} for t in summary]})
+        emit_json(
+            {
+                "version": record(info),
+                "export_urls": exports,
+                "tensors": [
+                    {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "numel": t.numel} for t in summary
+                ],
+            }
+        )
         return
     fields = [
-        ("id", info.version), *([("name", info.name)] if info.name else []), ("url", info.url),
-        ("step", info.step), ("epoch", info.epoch),
-        ("created", created(info)), ("format", info.format), ("size", f"{human_size(info.size_bytes)} ({info.size_bytes} bytes)"),
+        ("id", info.version),
+        *([("name", info.name)] if info.name else []),
+        ("url", info.url),
+        ("step", info.step),
+        ("epoch", info.epoch),
+        ("created", created(info)),
+        ("format", info.format),
+        ("size", f"{human_size(info.size_bytes)} ({info.size_bytes} bytes)"),
         ("metrics", " ".join(f"{k}={fmt_metric(x)}" for k, x in info.metrics.items()) or "-"),
-        ("tags", ", ".join(info.tags) or "-"), ("pinned", "yes" if info.pinned else "no"),
-        ("objects", ", ".join(info.objects) or "-"), ("torch", info.torch_version or "-"),
+        ("tags", ", ".join(info.tags) or "-"),
+        ("pinned", "yes" if info.pinned else "no"),
+        ("objects", ", ".join(info.objects) or "-"),
+        ("torch", info.torch_version or "-"),
     ]
     click.echo("\n".join(f"{k + ':':9} {v}" for k, v in fields))
     click.echo("files:")
@@ -109,8 +153,12 @@ def show(root: str, version: str, tensors: bool, metric: str | None, mode: str, 
         total = sum(t.numel for t in summary)
         click.echo(f"tensors: {len(summary)} ({total:,} elements)")
         if summary:
-            click.echo(table(["  NAME", "SHAPE", "DTYPE"],
-                             [[f"  {t.name}", "x".join(map(str, t.shape)) or "scalar", t.dtype] for t in summary]))
+            click.echo(
+                table(
+                    ["  NAME", "SHAPE", "DTYPE"],
+                    [[f"  {t.name}", "x".join(map(str, t.shape)) or "scalar", t.dtype] for t in summary],
+                )
+            )
 
 
 # ----- prune / delete / pin / unpin ---------------------------------------------------------------------
@@ -123,8 +171,17 @@ def show(root: str, version: str, tensors: bool, metric: str | None, mode: str, 
 @best_options
 @click.option("--dry-run", "-n", is_flag=True, help="Print what would be removed; remove nothing.")
 @common
-def prune(root: str, keep_last: int | None, keep_every_n_steps: int | None, keep_interval: timedelta | None,
-          keep_best: int | None, metric: str | None, mode: str, dry_run: bool, opts: Opts) -> None:
+def prune(
+    root: str,
+    keep_last: int | None,
+    keep_every_n_steps: int | None,
+    keep_interval: timedelta | None,
+    keep_best: int | None,
+    metric: str | None,
+    mode: str,
+    dry_run: bool,
+    opts: Opts,
+) -> None:
     """Remove versions no rule keeps (a version is kept when ANY rule keeps it).
 
     The newest version and pinned versions are always kept.
@@ -132,9 +189,19 @@ def prune(root: str, keep_last: int | None, keep_every_n_steps: int | None, keep
     from ..retention import RetentionPolicy
 
     if all(x is None for x in (keep_last, keep_every_n_steps, keep_interval, keep_best)):
-        raise click.UsageError("give at least one rule: --keep-last, --keep-every-n-steps, --keep-interval or --keep-best")
-    policy = usage_errors(lambda: RetentionPolicy(keep_last=keep_last, keep_every_n_steps=keep_every_n_steps,
-                                            keep_interval=keep_interval, keep_best=keep_best, metric=metric, mode=mode))
+        raise click.UsageError(
+            "give at least one rule: --keep-last, --keep-every-n-steps, --keep-interval or --keep-best"
+        )
+    policy = usage_errors(
+        lambda: RetentionPolicy(
+            keep_last=keep_last,
+            keep_every_n_steps=keep_every_n_steps,
+            keep_interval=keep_interval,
+            keep_best=keep_best,
+            metric=metric,
+            mode=mode,
+        )
+    )
     mgr = open_manager(root, opts, write=not dry_run)
     removed = mgr.prune(policy, dry_run=dry_run)
     kept = [v for v in mgr.list() if v.version not in {r.version for r in removed}] if dry_run else mgr.list()
@@ -211,8 +278,13 @@ def verify(root: str, version: str | None, metric: str | None, mode: str, opts: 
     report = mgr.verify(target)
     bad = {v for v, _ in report.problems}
     if opts.json:
-        emit_json({"ok": report.ok, "checked": report.checked,
-                    "problems": [{"version": v, "problem": p} for v, p in report.problems]})
+        emit_json(
+            {
+                "ok": report.ok,
+                "checked": report.checked,
+                "problems": [{"version": v, "problem": p} for v, p in report.problems],
+            }
+        )
     else:
         for vid in report.checked:
             if vid not in bad:
@@ -226,8 +298,13 @@ def verify(root: str, version: str | None, metric: str | None, mode: str, opts: 
 
 @cli.command()
 @click.argument("root")
-@click.option("--older-than", type=DURATION, default="1h", show_default=True,
-              help="Grace period: leftovers younger than this may be another writer's save in progress.")
+@click.option(
+    "--older-than",
+    type=DURATION,
+    default="1h",
+    show_default=True,
+    help="Grace period: leftovers younger than this may be another writer's save in progress.",
+)
 @common
 def gc(root: str, older_than: timedelta, opts: Opts) -> None:
     """Remove uncommitted leftovers (interrupted saves, orphaned exports)."""
@@ -250,8 +327,13 @@ def repair(root: str, opts: Opts) -> None:
     versions = mgr.repair()
     after = {v.version for v in versions}
     if opts.json:
-        emit_json({"versions": [v.version for v in versions], "added": sorted(after - before),
-                    "dropped": sorted(before - after)})
+        emit_json(
+            {
+                "versions": [v.version for v in versions],
+                "added": sorted(after - before),
+                "dropped": sorted(before - after),
+            }
+        )
         return
     for vid in sorted(after - before):
         opts.say(f"listed again {vid}")
@@ -276,8 +358,16 @@ def _safe_list(mgr: Any) -> list[Any]:
 @click.option("--dst-storage-option", multiple=True, metavar="KEY=VALUE", help="Like --storage-option, for DST only.")
 @best_options
 @common
-def copy(src: str, dst: str, versions: tuple[str, ...], src_storage_option: tuple[str, ...],
-         dst_storage_option: tuple[str, ...], metric: str | None, mode: str, opts: Opts) -> None:
+def copy(
+    src: str,
+    dst: str,
+    versions: tuple[str, ...],
+    src_storage_option: tuple[str, ...],
+    dst_storage_option: tuple[str, ...],
+    metric: str | None,
+    mode: str,
+    opts: Opts,
+) -> None:
     """Copy versions (default: all) from SRC to DST, verifying checksums.
 
     Each version is committed at DST with the normal protocol; versions already
@@ -301,8 +391,14 @@ def copy(src: str, dst: str, versions: tuple[str, ...], src_storage_option: tupl
             opts.say(f"copied  {v.version} (step {v.step}, {human_size(v.size_bytes)})")
         raise
     if opts.json:
-        emit_json({"src": src_mgr.root_url, "dst": dst_mgr.root_url, "copied": [record(v) for v in copied],
-                    "skipped": [v.version for v in skipped]})
+        emit_json(
+            {
+                "src": src_mgr.root_url,
+                "dst": dst_mgr.root_url,
+                "copied": [record(v) for v in copied],
+                "skipped": [v.version for v in skipped],
+            }
+        )
         return
     for v in skipped:
         opts.say(f"skipped {v.version} (already at destination)")
@@ -328,8 +424,14 @@ def _flatten(options: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, A
 @cli.command()
 @click.argument("root")
 @click.option("--cache", metavar="DIR", required=True, help="The local cache tier whose pending versions to upload.")
-@click.option("--cache-keep-last", type=click.IntRange(0), default=2, show_default=True, metavar="N",
-              help="Uploaded versions the cache keeps afterwards.")
+@click.option(
+    "--cache-keep-last",
+    type=click.IntRange(0),
+    default=2,
+    show_default=True,
+    metavar="N",
+    help="Uploaded versions the cache keeps afterwards.",
+)
 @common
 def sync(root: str, cache: str, cache_keep_last: int, opts: Opts) -> None:
     """Upload the versions committed in the cache DIR but not yet in ROOT (what a crashed run left behind).

@@ -35,7 +35,9 @@ def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise ValueError(f"bad storage option {pair!r}: use KEY=VALUE, e.g. client_kwargs.endpoint_url=http://host:9000")
+            raise ValueError(
+                f"bad storage option {pair!r}: use KEY=VALUE, e.g. client_kwargs.endpoint_url=http://host:9000"
+            )
         try:
             value: Any = json.loads(raw)
         except ValueError:

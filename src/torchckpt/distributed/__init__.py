@@ -18,5 +18,11 @@ from .restore import restore_sharded
 from .save import begin_sharded_save, save_sharded
 from .state import wants_sharded
 
-__all__ = ["Collectives", "begin_sharded_save", "process_group_active", "restore_sharded", "save_sharded",
-           "wants_sharded"]
+__all__ = [
+    "Collectives",
+    "begin_sharded_save",
+    "process_group_active",
+    "restore_sharded",
+    "save_sharded",
+    "wants_sharded",
+]

@@ -102,7 +102,7 @@ class Collectives:
             if error is not None:
                 raise error
             raise CheckpointError(f"{what} failed on another rank; nothing was committed")
-        return result  # type: ignore[no-any-return]
+        return result
 
     def on_coordinator(self, fn: Callable[[], T], what: str) -> T:
         """Run ``fn`` on rank 0 only and give its result (which must pickle) to every rank.
@@ -120,7 +120,7 @@ class Collectives:
                 outcome = (False, f"{type(exc).__name__}: {exc}")
         ok, value = self.broadcast(outcome)
         if ok:
-            return value  # type: ignore[no-any-return]
+            return value
         if error is not None:
             raise error
         raise CheckpointError(f"{what} failed on rank 0: {value}")

@@ -70,8 +70,17 @@ def restore_sharded(
             return restore_rng and len(path) > 1 and path[1] == own_rng
         return head in ("extra", "torchckpt")
 
-    state = dcp_load(storage, info, target, fill, strict=strict, verify=verify, trust_pickle=trust_pickle,
-                     no_dist=not group.active, any_failed=group.any_failed)
+    state = dcp_load(
+        storage,
+        info,
+        target,
+        fill,
+        strict=strict,
+        verify=verify,
+        trust_pickle=trust_pickle,
+        no_dist=not group.active,
+        any_failed=group.any_failed,
+    )
     loaded = state.get("objects", {})
     for name, obj in objects.items():
         apply_state(name, obj, loaded[name], objects, strict)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -79,8 +79,9 @@ def save_sharded(
     Raises:
         CheckpointError: any rank failed; nothing was committed.
     """
-    return begin_sharded_save(storage, retention, objects, step=step, epoch=epoch, metrics=metrics, tags=tags,
-                              extra=extra, background=False)()
+    return begin_sharded_save(
+        storage, retention, objects, step=step, epoch=epoch, metrics=metrics, tags=tags, extra=extra, background=False
+    )()
 
 
 def begin_sharded_save(
@@ -170,8 +171,13 @@ def begin_sharded_save(
                 stager = None
                 if stage is not None:
                     state, stager = stage(state), Prestaged()
-                pending = dcp.async_save(state, storage_writer=fs_writer, process_group=side.group,
-                                         no_dist=not group.active, async_stager=stager)
+                pending = dcp.async_save(
+                    state,
+                    storage_writer=fs_writer,
+                    process_group=side.group,
+                    no_dist=not group.active,
+                    async_stager=stager,
+                )
             else:
                 dcp.save(state, storage_writer=fs_writer, no_dist=not group.active)
     except (Exception, CheckpointException) as exc:
@@ -186,13 +192,25 @@ def begin_sharded_save(
                     pending.result()
             except (Exception, CheckpointException) as exc:
                 raise failed(exc) from exc
-        records = side.gather(fs_writer.fs.written)
+        records = side.gather(fs_writer.fs.written)  # (StorageFS: see formats/dcp_io.Writer)
 
         def commit() -> dict[str, Any]:
             assert writer is not None
             try:
-                info = _commit(storage, retention, writer, records, vid=vid, created=created, step=step, epoch=epoch,
-                               metrics=metrics, tags=tags, objects=tuple(objects), world=side.world)
+                info = _commit(
+                    storage,
+                    retention,
+                    writer,
+                    records,
+                    vid=vid,
+                    created=created,
+                    step=step,
+                    epoch=epoch,
+                    metrics=metrics,
+                    tags=tags,
+                    objects=tuple(objects),
+                    world=side.world,
+                )
             except Exception:
                 writer.abort()
                 raise
@@ -201,8 +219,13 @@ def begin_sharded_save(
         record = side.on_coordinator(commit, f"committing sharded step {step}")
         info = CheckpointInfo.from_record(record, storage.url(version_dir(vid)))
         side.barrier()  # everybody leaves together
-        log.info("saved sharded %s from %d rank(s) in %.2fs%s", vid, side.world, time.perf_counter() - started,
-                 f" (caller blocked {staged_s:.3f}s)" if background else "")
+        log.info(
+            "saved sharded %s from %d rank(s) in %.2fs%s",
+            vid,
+            side.world,
+            time.perf_counter() - started,
+            f" (caller blocked {staged_s:.3f}s)" if background else "",
+        )
         return info
 
     return finish
@@ -212,7 +235,7 @@ def _commit(
     storage: Storage,
     retention: RetentionPolicy | None,
     writer: VersionWriter,
-    records: list[Mapping[str, Mapping[str, Any]]],
+    records: Sequence[Mapping[str, Mapping[str, Any]]],
     *,
     vid: str,
     created: datetime,
@@ -234,8 +257,16 @@ def _commit(
     if missing or unknown:
         raise CheckpointError(f"files of {vid} do not match what the ranks wrote: missing {missing}, unknown {unknown}")
     info = new_version_info(
-        vid, files=dict(sorted(files.items())), url=storage.url(version_dir(vid)), created_at=created,
-        step=step, epoch=epoch, metrics=metrics, tags=tags, objects=objects, layout=LAYOUT,
+        vid,
+        files=dict(sorted(files.items())),
+        url=storage.url(version_dir(vid)),
+        created_at=created,
+        step=step,
+        epoch=epoch,
+        metrics=metrics,
+        tags=tags,
+        objects=objects,
+        layout=LAYOUT,
     )
     commit_version(storage, writer, info, retention, meta_extra={"world_size": world})
     return info

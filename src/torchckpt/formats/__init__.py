@@ -58,5 +58,13 @@ def format_of(info: CheckpointInfo) -> Format:
     return get_format(info.layout if info.layout != "single" else info.format)
 
 
-__all__ = ["FileRecords", "Format", "MapLocation", "SAVE_FORMATS", "TensorRow", "format_of", "get_format",
-           "register_format"]
+__all__ = [
+    "FileRecords",
+    "Format",
+    "MapLocation",
+    "SAVE_FORMATS",
+    "TensorRow",
+    "format_of",
+    "get_format",
+    "register_format",
+]

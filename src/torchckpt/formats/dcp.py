@@ -17,8 +17,8 @@ from ..errors import CheckpointError
 from ..records import CheckpointInfo
 from ..storage import Storage, VersionWriter
 from .base import FileRecords, Format, TensorRow, only_objects
-from .devices import MapLocation
 from .dcp_io import LAYOUT, Metadata, Reader, TensorStorageMetadata, dcp_load
+from .devices import MapLocation
 
 
 class DcpFormat(Format):
@@ -43,8 +43,9 @@ class DcpFormat(Format):
 
         Every shard file is read; ``objects`` only filters what is returned.
         """
-        state = dcp_load(storage, info, {}, lambda path: True, strict=False, verify=verify, trust_pickle=trust_pickle,
-                         no_dist=True)
+        state = dcp_load(
+            storage, info, {}, lambda path: True, strict=False, verify=verify, trust_pickle=trust_pickle, no_dist=True
+        )
         if isinstance(map_location, (str, torch.device)):
             state = _to_device(state, torch.device(map_location))
         state.setdefault("objects", {})
@@ -67,8 +68,9 @@ class DcpFormat(Format):
             numel = 1
             for s in shape:
                 numel *= s
-            out.append(TensorRow(".".join(str(p) for p in path), shape, str(md.properties.dtype).replace("torch.", ""),
-                                 numel))
+            out.append(
+                TensorRow(".".join(str(p) for p in path), shape, str(md.properties.dtype).replace("torch.", ""), numel)
+            )
         return out
 
 

@@ -36,17 +36,18 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 
-try:  # gives a fresh optimizer its state tensors, so DCP has somewhere to load them into
-    from torch.distributed.checkpoint.state_dict import _init_optim_state as init_optim_state
-except ImportError:  # pragma: no cover - older/newer torch: get_optimizer_state_dict initialises it then
-    init_optim_state = None
-
 from ..errors import CheckpointError, StorageError, UnsafeCheckpointError
 from ..hashing import HashingWriter
 from ..layout import version_dir
 from ..records import CheckpointInfo
 from ..storage import Storage
 from .pickling import load_from
+
+init_optim_state: Callable[[torch.optim.Optimizer], None] | None
+try:  # gives a fresh optimizer its state tensors, so DCP has somewhere to load them into
+    from torch.distributed.checkpoint.state_dict import _init_optim_state as init_optim_state
+except ImportError:  # pragma: no cover - older/newer torch: get_optimizer_state_dict initialises it then
+    init_optim_state = None
 
 #: ``CheckpointInfo.layout`` of a sharded version.
 LAYOUT = "dcp"
@@ -169,7 +170,7 @@ class Writer(FsspecWriter):
         # FileSystemWriter's constructor only records the settings; FsspecWriter's would open a new fs.
         # No sync_files: our streams are durable once closed (fsynced on a local disk).
         FileSystemWriter.__init__(self, storage.path(rel_dir), sync_files=False, overwrite=True)
-        self.fs = StorageFS(storage, storage.path(rel_dir))
+        self.fs: StorageFS = StorageFS(storage, storage.path(rel_dir))  # type: ignore[assignment]
         self.path = storage.path(rel_dir)
 
 
@@ -194,7 +195,9 @@ class MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if module == "torch.distributed.checkpoint.metadata" or (module, name) in _METADATA_GLOBALS:
             return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)):
+        if module == "torch" and isinstance(
+            getattr(torch, name, None), (torch.dtype, torch.layout, torch.memory_format)
+        ):
             return super().find_class(module, name)
         raise UnsafeCheckpointError(
             f"DCP metadata names {module}.{name}, which torchckpt does not load without trust_pickle=True"
@@ -205,7 +208,9 @@ class Reader(FsspecReader):
     def __init__(self, storage: Storage, info: CheckpointInfo, *, verify: bool, trust_pickle: bool) -> None:
         rel_dir = version_dir(info.version)
         FileSystemReader.__init__(self, storage.path(rel_dir))  # see Writer
-        self.fs = StorageFS(storage, storage.path(rel_dir), expected=info.files, verify=verify)
+        self.fs: StorageFS = StorageFS(  # type: ignore[assignment]
+            storage, storage.path(rel_dir), expected=info.files, verify=verify
+        )
         self.path = storage.path(rel_dir)
         self.trust_pickle = trust_pickle
         self._metadata: Metadata | None = None
@@ -218,7 +223,7 @@ class Reader(FsspecReader):
             metadata = pickle.load(f) if self.trust_pickle else MetadataUnpickler(f).load()
         if not isinstance(metadata, Metadata):
             raise CheckpointError(f"{self.fs.storage.url(self.fs.storage.relative(path))} is not DCP metadata")
-        if getattr(metadata, "storage_meta", None) is None:
+        if metadata.storage_meta is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         self._metadata = metadata
@@ -241,7 +246,9 @@ class LoadPlanner(DefaultLoadPlanner):
             path = tuple(planner_data.get(key, (key,)))
             if not self.fill(path):
                 continue
-            value: Any = torch.empty(md.size, dtype=md.properties.dtype) if isinstance(md, TensorStorageMetadata) else md
+            value: Any = (
+                torch.empty(md.size, dtype=md.properties.dtype) if isinstance(md, TensorStorageMetadata) else md
+            )
             set_element(state_dict, path, value)
         super().set_up_planner(state_dict, metadata, is_coordinator)
 
@@ -298,11 +305,6 @@ def dcp_error(exc: BaseException, what: str) -> CheckpointError:
     detail = "; ".join(parts) or f"{type(exc).__name__}: {exc}"
     kind = StorageError if failures and all(isinstance(f, OSError) for f in failures.values()) else CheckpointError
     return kind(f"{what} failed: {detail}")
-
-
-
-
-
 
 
 def dcp_load(

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 log = logging.getLogger(__name__)
 
 #: What ``map_location`` accepts: what ``torch.load`` accepts.
-MapLocation = Union[None, str, torch.device, Mapping[str, str], Callable[..., Any]]
+MapLocation = None | str | torch.device | Mapping[str, str] | Callable[..., Any]
 
 
 def device_available(location: str) -> bool:

@@ -15,7 +15,7 @@ import pickle
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import torch
 
@@ -71,6 +71,7 @@ def _no_torch_crc() -> Iterator[None]:
 
     Older torch releases (>=2.6) without the switch simply keep computing it.
     """
+    config: Any
     try:
         from torch.utils.serialization import config
     except ImportError:
@@ -91,14 +92,14 @@ def save_to(payload: Any, raw: IO[bytes]) -> dict[str, Any]:
     """Stream ``payload`` into ``raw``; returns ``{"size", "checksum"}`` of what was written."""
     writer = HashingWriter(raw, close_raw=False)
     with _no_torch_crc():
-        torch.save(payload, writer)
+        torch.save(payload, cast(IO[bytes], writer))
     return writer.record()
 
 
 def save_pickled(obj: Any, raw: IO[bytes]) -> dict[str, Any]:
     """Whole-module save: full pickle, only ever loaded with ``trust_pickle=True``."""
     writer = HashingWriter(raw, close_raw=False)
-    torch.save(obj, writer)
+    torch.save(obj, cast(IO[bytes], writer))
     return writer.record()
 
 
@@ -114,7 +115,7 @@ def load_from(
     try:
         return torch.load(
             source,
-            map_location=resolve_map_location(map_location),
+            map_location=cast(Any, resolve_map_location(map_location)),
             weights_only=not trust_pickle,
             mmap=mmap and isinstance(source, (str, os.PathLike)),
         )

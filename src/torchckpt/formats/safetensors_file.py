@@ -36,8 +36,8 @@ import json
 import logging
 import struct
 import sys
-from collections.abc import Collection, Mapping
-from typing import IO, Any, ClassVar, Iterator
+from collections.abc import Collection, Iterator, Mapping
+from typing import IO, Any, ClassVar
 
 import torch
 
@@ -151,7 +151,7 @@ def _replace(value: Any, path: tuple[Any, ...], col: _Collector) -> Any:
         if PLACEHOLDER in value:
             raise ValueError(f"state uses the reserved key {PLACEHOLDER!r}")
         out = {k: _replace(v, path + (k,), col) for k, v in value.items()}
-        return type(value)(out) if type(value) is not dict and _rebuildable(value) else out
+        return type(value)(out) if type(value) is not dict and _rebuildable(value) else out  # type: ignore[call-arg]
     if isinstance(value, list):
         return [_replace(v, path + (i,), col) for i, v in enumerate(value)]
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
@@ -269,7 +269,9 @@ def tensors_from_buffer(buf: Any, url: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def read_file(storage: Storage, rel: str, expected: Mapping[str, Any] | None, *, verify: bool) -> dict[str, torch.Tensor]:
+def read_file(
+    storage: Storage, rel: str, expected: Mapping[str, Any] | None, *, verify: bool
+) -> dict[str, torch.Tensor]:
     """A .safetensors file's tensors, verified first.
 
     A local file is memory-mapped (privately, copy-on-write): its checksum is computed
@@ -317,7 +319,7 @@ def fill_skeleton(
             if PLACEHOLDER in value:
                 return tensor(value)
             out = {k: fill(v) for k, v in value.items()}
-            return type(value)(out) if _rebuildable(value) else out
+            return type(value)(out) if _rebuildable(value) else out  # type: ignore[call-arg]
         if isinstance(value, list):
             return [fill(v) for v in value]
         if isinstance(value, tuple) and not hasattr(value, "_fields"):

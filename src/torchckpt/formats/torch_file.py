@@ -77,8 +77,9 @@ class TorchFormat(Format):
         payload = read_state_file(storage, info, map_location=map_location, verify=verify, trust_pickle=trust_pickle)
         payload = only_objects(payload, objects)
         payload["objects"] = {
-            name: read_object_file(storage, info, name, state, map_location=map_location, verify=verify,
-                                   trust_pickle=trust_pickle)
+            name: read_object_file(
+                storage, info, name, state, map_location=map_location, verify=verify, trust_pickle=trust_pickle
+            )
             for name, state in payload["objects"].items()
         }
         return payload
@@ -105,7 +106,13 @@ def read_state_file(
 
 
 def read_object_file(
-    storage: Storage, info: CheckpointInfo, name: str, state: Any, *, map_location: MapLocation, verify: bool,
+    storage: Storage,
+    info: CheckpointInfo,
+    name: str,
+    state: Any,
+    *,
+    map_location: MapLocation,
+    verify: bool,
     trust_pickle: bool,
 ) -> Any:
     """An object's state: ``state`` itself, or (for a split object's reference) its verified file.

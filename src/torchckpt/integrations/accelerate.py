@@ -55,8 +55,9 @@ def save_state(
     accelerator.wait_for_everyone()  # every process's files are written before the main one commits
     info = None
     if accelerator.is_main_process:
-        info = manager.save_files(step, folder, epoch=epoch, metrics=metrics, tags=("accelerate",),
-                                  name=name or folder.name, replace=True)
+        info = manager.save_files(
+            step, folder, epoch=epoch, metrics=metrics, tags=("accelerate",), name=name or folder.name, replace=True
+        )
     accelerator.wait_for_everyone()
     return info
 

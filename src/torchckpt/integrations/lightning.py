@@ -53,8 +53,8 @@ try:  # the unified package first, the standalone one otherwise
     from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
     from lightning.pytorch.callbacks import ModelCheckpoint
 except ImportError:  # pragma: no cover - exercised only where just pytorch_lightning is installed
-    from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO  # type: ignore[no-redef,assignment]
-    from pytorch_lightning.callbacks import ModelCheckpoint  # type: ignore[no-redef,assignment]
+    from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO  # type: ignore[assignment]
+    from pytorch_lightning.callbacks import ModelCheckpoint  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ _LAST_RE = re.compile(r"^last(-v\d+)?\.ckpt$")
 _IOS: dict[str, TorchckptIO] = {}
 
 
-class TorchckptIO(CheckpointIO):  # type: ignore[misc]
+class TorchckptIO(CheckpointIO):
     """A Lightning ``CheckpointIO`` that stores each checkpoint as a torchckpt version.
 
     Pass it as a plugin (``Trainer(plugins=[io])``) with ``io.model_checkpoint(...)``
@@ -172,8 +172,14 @@ class TorchckptIO(CheckpointIO):  # type: ignore[misc]
         step = int(checkpoint.get("global_step", 0) or 0)
         epoch = checkpoint.get("epoch")
         info = self.manager.save(
-            step, epoch=None if epoch is None else int(epoch), metrics=metrics, tags=tags, name=name,
-            replace=True, blocking=True, **{OBJECT: safe_values.encode(checkpoint)},
+            step,
+            epoch=None if epoch is None else int(epoch),
+            metrics=metrics,
+            tags=tags,
+            name=name,
+            replace=True,
+            blocking=True,
+            **{OBJECT: safe_values.encode(checkpoint)},
         )
         log.info("lightning checkpoint %s -> version %s", name, info.version)  # type: ignore[union-attr]
 
@@ -194,7 +200,7 @@ class TorchckptIO(CheckpointIO):  # type: ignore[misc]
             CheckpointNotFoundError: nothing matches ``path``.
         """
         info = self.info(path)
-        return safe_values.decode(self.manager.load(info, map_location=map_location)[OBJECT])  # type: ignore[no-any-return]
+        return safe_values.decode(self.manager.load(info, map_location=map_location)[OBJECT])
 
     def remove_checkpoint(self, path: Any) -> None:
         """Delete the version ``path`` names (missing: nothing to do, as for a file)."""
@@ -229,7 +235,7 @@ class TorchckptIO(CheckpointIO):  # type: ignore[misc]
             return cls.load_from_checkpoint(buf, weights_only=True, **kwargs)
 
 
-class TorchckptModelCheckpoint(ModelCheckpoint):  # type: ignore[misc]
+class TorchckptModelCheckpoint(ModelCheckpoint):
     """A ``ModelCheckpoint`` writing into ``io.dirpath``: top-k, ``last`` and metrics as versions.
 
     Everything is Lightning's own ``ModelCheckpoint`` (``monitor``, ``mode``,
@@ -300,7 +306,7 @@ def _best(versions: list[CheckpointInfo]) -> CheckpointInfo | None:
     return None
 
 
-class TorchckptFileSystem(fsspec.AbstractFileSystem):  # type: ignore[misc]
+class TorchckptFileSystem(fsspec.AbstractFileSystem):
     """``torchckpt://<key>/<name>``: the versions of a ``TorchckptIO``'s manager as read-only files.
 
     Only what Lightning's path checks need: ``ls``/``info``/``exists``/``modified``
@@ -311,8 +317,8 @@ class TorchckptFileSystem(fsspec.AbstractFileSystem):  # type: ignore[misc]
     torch's ``weights_only`` allowlist), and ``rm`` (deletes the version).
     """
 
-    protocol: ClassVar[str] = PROTOCOL  # type: ignore[misc]
-    root_marker: ClassVar[str] = ""  # type: ignore[misc]
+    protocol: ClassVar[str] = PROTOCOL
+    root_marker: ClassVar[str] = ""
 
     def _io(self, path: str) -> tuple[TorchckptIO, str]:
         path = self._strip_protocol(path).strip("/")
@@ -323,8 +329,12 @@ class TorchckptFileSystem(fsspec.AbstractFileSystem):  # type: ignore[misc]
         return found, name
 
     def _entry(self, ckpt_io: TorchckptIO, info: CheckpointInfo) -> dict[str, Any]:
-        return {"name": f"{ckpt_io.key}/{info.name or info.version}", "size": info.size_bytes, "type": "file",
-                "created": info.created_at.timestamp()}
+        return {
+            "name": f"{ckpt_io.key}/{info.name or info.version}",
+            "size": info.size_bytes,
+            "type": "file",
+            "created": info.created_at.timestamp(),
+        }
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
         """Every listed version (by name, else id) under ``torchckpt://<key>``, or the one file ``path`` names.

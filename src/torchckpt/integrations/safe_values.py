@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 
 #: Key of a tagged value.
 TAG = "__torchckpt_value__"
-_PATH_CLASSES = {c.__name__: c for c in (pathlib.Path, pathlib.PosixPath, pathlib.WindowsPath,
-                                          pathlib.PurePosixPath, pathlib.PureWindowsPath)}
+_PATH_CLASSES = {
+    c.__name__: c
+    for c in (pathlib.Path, pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)
+}
 
 
 def encode(value: Any) -> Any:
@@ -45,8 +47,12 @@ def encode(value: Any) -> Any:
     """
     if isinstance(value, enum.Enum):  # before str/int: a StrEnum member is also a str
         cls = type(value)
-        return {TAG: "enum", "class": f"{cls.__module__}:{cls.__qualname__}", "name": value.name,
-                "value": encode(value.value)}
+        return {
+            TAG: "enum",
+            "class": f"{cls.__module__}:{cls.__qualname__}",
+            "name": value.name,
+            "value": encode(value.value),
+        }
     if isinstance(value, pathlib.PurePath):
         return {TAG: "path", "class": type(value).__name__, "value": str(value)}
     if isinstance(value, argparse.Namespace):
@@ -92,8 +98,15 @@ def _enum_member(rec: Mapping[str, Any]) -> Any:
             return cls[str(rec.get("name"))]
         except KeyError:
             pass
-    log.warning("enum %s.%s is not imported (or has no member %s): kept its value %r; import %s before loading "
-                "to get the member back", module, qualname, rec.get("name"), plain, module)
+    log.warning(
+        "enum %s.%s is not imported (or has no member %s): kept its value %r; import %s before loading "
+        "to get the member back",
+        module,
+        qualname,
+        rec.get("name"),
+        plain,
+        module,
+    )
     return plain
 
 

@@ -59,7 +59,7 @@ def log_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
     return metrics
 
 
-class TorchckptCallback(TrainerCallback):  # type: ignore[misc]
+class TorchckptCallback(TrainerCallback):
     """Commits every checkpoint folder the ``Trainer`` saves as a torchckpt folder version."""
 
     def __init__(self, manager: CheckpointManager, *, tags: tuple[str, ...] = ("transformers",)) -> None:
@@ -91,8 +91,9 @@ class TorchckptCallback(TrainerCallback):  # type: ignore[misc]
             name = best_key if best_key.startswith("eval_") else f"eval_{best_key}"
             metrics[f"best_{name}"] = float(state.best_metric)
         epoch = None if state.epoch is None else int(state.epoch)
-        info = self.manager.save_files(state.global_step, folder, epoch=epoch, metrics=metrics, tags=self.tags,
-                                       name=folder.name, replace=True)
+        info = self.manager.save_files(
+            state.global_step, folder, epoch=epoch, metrics=metrics, tags=self.tags, name=folder.name, replace=True
+        )
         self.committed.append(info)
         log.info("torchckpt: committed %s as %s", folder, info.version)
 

@@ -49,9 +49,9 @@ def backend_for(protocols: Iterable[str]) -> type[Storage]:
         if isinstance(found, str):
             module, _, name = found.partition(":")
             found = getattr(import_module(module), name)
-            _BACKENDS[protocol] = found  # type: ignore[assignment]
+            _BACKENDS[protocol] = found
         if found is not None:
-            return found  # type: ignore[return-value]
+            return found
     return GenericStorage
 
 
@@ -111,4 +111,3 @@ __all__ = [
     "open_storage",
     "register_backend",
 ]
-

@@ -102,7 +102,7 @@ class AzureStorage(ObjectStore):
                 return data, stream.properties.etag
 
         with self.errors("reading", rel):
-            return _sync(self.fs, get)  # type: ignore[no-any-return]
+            return _sync(self.fs, get)
 
     def write_conditional(self, rel: str, data: bytes, token: str | None) -> bool:
         from azure.core import MatchConditions

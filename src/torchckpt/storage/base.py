@@ -40,7 +40,6 @@ from .reads import Reads
 log = logging.getLogger(__name__)
 
 
-
 class Storage(Reads):
     """A root folder on one fsspec filesystem (the generic, single-writer backend).
 
@@ -248,7 +247,7 @@ class Storage(Reads):
         path = self.path(rel)
         if not self.folders_are_implicit():  # e.g. a local disk behind another protocol: no auto-mkdir
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        return self.fs.open(path, "wb")  # type: ignore[no-any-return]
+        return self.fs.open(path, "wb")
 
     def move(self, src: str, dst: str) -> None:
         """Rename a file within the root (not atomic on object stores: a copy, then a delete).

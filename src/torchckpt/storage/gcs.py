@@ -116,7 +116,7 @@ class GCSStorage(ObjectStore):
             return data, str(generation)
 
         with self.errors("reading", rel):
-            return _sync(self.fs, get)  # type: ignore[no-any-return]
+            return _sync(self.fs, get)
 
     def write_conditional(self, rel: str, data: bytes, token: str | None) -> bool:
         bucket, key = self._object(rel)

@@ -33,4 +33,4 @@ class MemoryStorage(Storage):
 
     def open_write(self, rel: str) -> IO[bytes]:
         """The memory filesystem creates parents implicitly."""
-        return self.fs.open(self.path(rel), "wb")  # type: ignore[no-any-return]
+        return self.fs.open(self.path(rel), "wb")

@@ -69,7 +69,7 @@ class Reads:
             FileNotFoundError: the file does not exist.
         """
         with self.errors("reading", rel):
-            return self.fs.open(self.path(rel), "rb", block_size=block_size)  # type: ignore[no-any-return]
+            return self.fs.open(self.path(rel), "rb", block_size=block_size)
 
     def read_buffer(self, rel: str, size: int) -> bytearray:
         """A whole file of expected ``size`` in one buffer (no joined second copy).

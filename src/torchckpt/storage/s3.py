@@ -21,7 +21,7 @@ import logging
 import posixpath
 import time
 from collections.abc import Mapping
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, cast
 
 from ..errors import StorageError, TornReadError
 from ..hashing import checksum_bytes, verify_record
@@ -107,12 +107,12 @@ class S3Storage(ObjectStore):
         buf = self.read_buffer(rel, size)  # one preallocated buffer, no joined second copy
         if verify and expected:
             verify_record(self.url(rel), expected, checksum_bytes(buf), len(buf))
-        return s3_transfer.BufferReader(buf)
+        return cast(IO[bytes], s3_transfer.BufferReader(buf))
 
     # ----- writing ------------------------------------------------------------------------------------------
     def open_write(self, rel: str) -> IO[bytes]:
         """Concurrent multipart upload from a bounded buffer pool (s3fs's own writer is sequential)."""
-        return s3_transfer.S3MultipartWriter(self.fs, self.path(rel))
+        return cast(IO[bytes], s3_transfer.S3MultipartWriter(self.fs, self.path(rel)))
 
     def abort_unfinished_uploads(self, older_than: float) -> list[str] | None:
         prefix = self.root.split("/", 1)[1] + "/" if "/" in self.root else ""
@@ -126,9 +126,9 @@ class S3Storage(ObjectStore):
             started = up.get("Initiated")
             if started is not None and time.time() - started.timestamp() < older_than:
                 continue  # possibly a save in progress
-            with self.errors("aborting an upload", up["Key"][len(prefix):]):
+            with self.errors("aborting an upload", up["Key"][len(prefix) :]):
                 self.fs.call_s3("abort_multipart_upload", Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
-            aborted.append(up["Key"][len(prefix):])
+            aborted.append(up["Key"][len(prefix) :])
         return aborted
 
     # ----- compare-and-swap ---------------------------------------------------------------------------------

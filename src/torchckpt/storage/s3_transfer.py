@@ -51,7 +51,7 @@ class SizeMismatch(StorageError):
     """The object is not the size its record says (callers report it as a checksum mismatch)."""
 
 
-def _run(fs: Any, coro: Any) -> "cf.Future[Any]":
+def _run(fs: Any, coro: Any) -> cf.Future[Any]:
     """Schedule a coroutine on s3fs's event loop thread; a concurrent future comes back."""
     return asyncio.run_coroutine_threadsafe(coro, fs.loop)
 
@@ -64,9 +64,7 @@ def _call(fs: Any, method: str, **kwargs: Any) -> Any:
 class S3MultipartWriter(io.RawIOBase):
     """A write-only stream to one S3 object: concurrent multipart upload from a bounded buffer pool."""
 
-    def __init__(
-        self, fs: Any, path: str, *, part_size: int | None = None, concurrency: int | None = None
-    ) -> None:
+    def __init__(self, fs: Any, path: str, *, part_size: int | None = None, concurrency: int | None = None) -> None:
         super().__init__()
         self.fs = fs
         self.path = path
@@ -126,9 +124,7 @@ class S3MultipartWriter(io.RawIOBase):
         """Collect finished uploads, returning their buffers to the pool; raise the first failure."""
         if not self._inflight:
             return
-        done, _ = cf.wait(
-            list(self._inflight), timeout=None if block else 0, return_when=cf.FIRST_COMPLETED
-        )
+        done, _ = cf.wait(list(self._inflight), timeout=None if block else 0, return_when=cf.FIRST_COMPLETED)
         for fut in done:
             number, buf = self._inflight.pop(fut)
             self._free.append(buf)
@@ -185,8 +181,12 @@ class S3MultipartWriter(io.RawIOBase):
         fut = _run(
             self.fs,
             self.fs._call_s3(
-                "upload_part", Bucket=self.bucket, Key=self.key, UploadId=self._upload_id,
-                PartNumber=number, Body=body,
+                "upload_part",
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=self._upload_id,
+                PartNumber=number,
+                Body=body,
             ),
         )
         self._inflight[fut] = (number, buf)
@@ -305,7 +305,9 @@ async def _get_into(fs: Any, bucket: str, key: str, view: memoryview, start: int
             view[pos : pos + len(chunk)] = chunk
             pos += len(chunk)
         if pos != len(view) or await body.read(1):
-            raise SizeMismatch(f"s3://{bucket}/{key}: expected {len(view)} bytes at {start}; the object differs in size")
+            raise SizeMismatch(
+                f"s3://{bucket}/{key}: expected {len(view)} bytes at {start}; the object differs in size"
+            )
     finally:
         body.close()
 

@@ -31,8 +31,16 @@ SHARDED_REFUSAL = (
 class Tiers:
     """A cache tier, its background uploader, and the read-your-writes view of both tiers."""
 
-    def __init__(self, root: Storage, cache: str | os.PathLike[str], *, keep_last: int,
-                 retention: RetentionPolicy | None, read_only: bool, background: bool = True) -> None:
+    def __init__(
+        self,
+        root: Storage,
+        cache: str | os.PathLike[str],
+        *,
+        keep_last: int,
+        retention: RetentionPolicy | None,
+        read_only: bool,
+        background: bool = True,
+    ) -> None:
         """Open the cache; unless read-only, start uploading what an earlier process left pending.
 
         Args:
@@ -67,8 +75,9 @@ class Tiers:
         """Where to read ``info`` from, the cache first."""
         return self.tier.copies(info)
 
-    def save(self, format: str, payload: dict[str, Any], module: torch.nn.Module | bytes | None,
-             **args: Any) -> CheckpointInfo:
+    def save(
+        self, format: str, payload: dict[str, Any], module: torch.nn.Module | bytes | None, **args: Any
+    ) -> CheckpointInfo:
         """Commit to the cache and queue the upload; returns the cache's record (``tiers == ("cache",)``)."""
         info = self.tier.save(format, payload, module, **args)
         if self.uploader is not None:
@@ -100,5 +109,14 @@ class Tiers:
             uploader.close()
 
 
-__all__ = ["CACHE", "ROOT", "SHARDED_REFUSAL", "CacheTier", "Tiers", "UploadError", "failure", "upload_one",
-           "upload_pending"]
+__all__ = [
+    "CACHE",
+    "ROOT",
+    "SHARDED_REFUSAL",
+    "CacheTier",
+    "Tiers",
+    "UploadError",
+    "failure",
+    "upload_one",
+    "upload_pending",
+]

@@ -74,8 +74,10 @@ class CacheTier:
         except FileNotFoundError:
             bound = None
         except ValueError as exc:
-            raise StorageError(f"{self.storage.url(TIER_BINDING)} is not valid JSON ({exc}); "
-                               "move the cache folder aside and start a new one") from None
+            raise StorageError(
+                f"{self.storage.url(TIER_BINDING)} is not valid JSON ({exc}); "
+                "move the cache folder aside and start a new one"
+            ) from None
         if bound is None:
             if not read_only:
                 self.storage.write_bytes(TIER_BINDING, json.dumps({"root": self.root.root_url}).encode())
@@ -120,8 +122,9 @@ class CacheTier:
         return out
 
     # ----- writing -----------------------------------------------------------------------------------
-    def save(self, format: str, payload: dict[str, Any], module: torch.nn.Module | bytes | None,
-             **args: Any) -> CheckpointInfo:
+    def save(
+        self, format: str, payload: dict[str, Any], module: torch.nn.Module | bytes | None, **args: Any
+    ) -> CheckpointInfo:
         """Commit one version to the cache (the usual protocol; no retention: pending versions stay).
 
         Raises:
@@ -139,8 +142,9 @@ class CacheTier:
     def mark_uploaded(self, version: str) -> None:
         """Record that ``version`` is listed in the root (after which the cache may remove it)."""
         stamp = datetime.now(timezone.utc).isoformat()
-        self.storage.write_bytes(uploaded_marker(version),
-                                 json.dumps({"root": self.root.root_url, "uploaded_at": stamp}).encode())
+        self.storage.write_bytes(
+            uploaded_marker(version), json.dumps({"root": self.root.root_url, "uploaded_at": stamp}).encode()
+        )
 
     def trim(self) -> list[CheckpointInfo]:
         """Remove uploaded versions beyond the newest ``keep_last`` (never a pending one); returns them."""

@@ -28,8 +28,9 @@ from .cache import ROOT, CacheTier
 log = logging.getLogger(__name__)
 
 
-def upload_one(tier: CacheTier, info: CheckpointInfo, retention: RetentionPolicy | None,
-               progress: Progress | None = None) -> CheckpointInfo | None:
+def upload_one(
+    tier: CacheTier, info: CheckpointInfo, retention: RetentionPolicy | None, progress: Progress | None = None
+) -> CheckpointInfo | None:
     """Upload one pending version (unless another uploader did), mark it uploaded, trim the cache.
 
     Args:
@@ -54,8 +55,15 @@ def upload_one(tier: CacheTier, info: CheckpointInfo, retention: RetentionPolicy
     seconds = time.perf_counter() - started
     lag = (datetime.now(timezone.utc) - info.created_at).total_seconds()
     mb = info.size_bytes / 1e6
-    log.info("uploaded %s (%.1f MB) to %s in %.2fs (%.0f MB/s); the root was %.1fs behind the cache",
-             info.version, mb, tier.root.root_url, seconds, mb / max(seconds, 1e-9), lag)
+    log.info(
+        "uploaded %s (%.1f MB) to %s in %.2fs (%.0f MB/s); the root was %.1fs behind the cache",
+        info.version,
+        mb,
+        tier.root.root_url,
+        seconds,
+        mb / max(seconds, 1e-9),
+        lag,
+    )
     try:
         tier.trim()
     except CheckpointError as exc:  # the upload itself succeeded; the next trim retries
@@ -63,8 +71,11 @@ def upload_one(tier: CacheTier, info: CheckpointInfo, retention: RetentionPolicy
     return uploaded.with_(tiers=(ROOT,))
 
 
-def upload_pending(tier: CacheTier, retention: RetentionPolicy | None, progress: Progress | None = None,
-                   ) -> tuple[list[CheckpointInfo], dict[str, BaseException]]:
+def upload_pending(
+    tier: CacheTier,
+    retention: RetentionPolicy | None,
+    progress: Progress | None = None,
+) -> tuple[list[CheckpointInfo], dict[str, BaseException]]:
     """Upload every pending version of ``tier``, oldest first.
 
     A ``StorageError`` (the root unreachable, most likely) ends the pass: the rest
@@ -80,8 +91,13 @@ def upload_pending(tier: CacheTier, retention: RetentionPolicy | None, progress:
             done = upload_one(tier, info, retention, progress)
         except Exception as exc:
             failed[info.version] = exc
-            log.error("uploading %s to %s failed (it stays in the cache %s): %s", info.version, tier.root.root_url,
-                      tier.storage.root_url, exc)
+            log.error(
+                "uploading %s to %s failed (it stays in the cache %s): %s",
+                info.version,
+                tier.root.root_url,
+                tier.storage.root_url,
+                exc,
+            )
             if isinstance(exc, StorageError) or not isinstance(exc, CheckpointError):
                 break
             continue

@@ -81,7 +81,7 @@ class ResumableSampler(Sampler[int]):
         if self.num_replicas > 1 and order:
             total = -(-self.size // self.num_replicas) * self.num_replicas
             order = (order * (total // len(order) + 1))[:total]
-            order = order[self.rank:total:self.num_replicas]
+            order = order[self.rank : total : self.num_replicas]
         return order
 
     def share_size(self) -> int:
@@ -94,7 +94,7 @@ class ResumableSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         if not self._tracking:
             self._untracked = True
-        return iter(self._share()[self.position:])
+        return iter(self._share()[self.position :])
 
     def batches(self, loader: Any) -> Iterator[Any]:
         """Iterate ``loader`` for the rest of the current epoch, counting what the loop is handed.
@@ -142,8 +142,14 @@ class ResumableSampler(Sampler[int]):
                 "this ResumableSampler's loader was iterated directly, so its place in the epoch is unknown; "
                 "iterate with `for batch in sampler.batches(loader)` (see " + RECIPE + ")"
             )
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "shuffle": self.shuffle,
-                "size": self.size, "num_replicas": self.num_replicas}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "size": self.size,
+            "num_replicas": self.num_replicas,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume at the saved epoch and position (the saved seed and shuffle are taken over).

@@ -47,11 +47,13 @@ class SaveSchedule:
             ValueError: a rule that is not positive.
             CheckpointError: signal handlers requested outside the main thread.
         """
-        if every_steps is not None and (isinstance(every_steps, bool) or not isinstance(every_steps, int)
-                                        or every_steps <= 0):
+        if every_steps is not None and (
+            isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps <= 0
+        ):
             raise ValueError(f"save_every_steps must be a positive int or None, got {every_steps!r}")
-        if every_seconds is not None and (isinstance(every_seconds, bool) or not isinstance(every_seconds, (int, float))
-                                          or not every_seconds > 0):
+        if every_seconds is not None and (
+            isinstance(every_seconds, bool) or not isinstance(every_seconds, (int, float)) or not every_seconds > 0
+        ):
             raise ValueError(f"save_every_seconds must be a positive number or None, got {every_seconds!r}")
         self.every_steps = every_steps
         self.every_seconds = every_seconds

@@ -86,7 +86,7 @@ def _strip_metadata(metadata: Mapping[str, Any], prefix: str) -> OrderedDict[str
         if key == head:
             out[""] = value
         elif key.startswith(prefix):
-            out[key[len(prefix):]] = value
+            out[key[len(prefix) :]] = value
     return out
 
 
@@ -121,8 +121,9 @@ def match_keys(state: Any, target_keys: list[str], key_map: KeyMap | None) -> An
     while changed and out:
         changed = False
         for prefix in WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in out) and not (target_keys and all(
-                    k.startswith(prefix) for k in target_keys)):
+            if all(k.startswith(prefix) for k in out) and not (
+                target_keys and all(k.startswith(prefix) for k in target_keys)
+            ):
                 cut = len(prefix)
                 stripped = _rename(out, lambda k, cut=cut: k[cut:])  # type: ignore[misc]
                 meta = getattr(out, "_metadata", None)
@@ -151,8 +152,9 @@ def check_keys(name: str, state: Any, target_keys: list[str], strict: bool) -> K
         return KeyReport()
     saved = list(state)
     wanted = set(target_keys)
-    report = KeyReport(missing=[k for k in target_keys if k not in state],
-                       unexpected=[k for k in saved if k not in wanted])
+    report = KeyReport(
+        missing=[k for k in target_keys if k not in state], unexpected=[k for k in saved if k not in wanted]
+    )
     if not strict and target_keys and len(report.missing) == len(target_keys):
         raise NoMatchingKeysError(
             f"{name}: no saved key matches the module (saved e.g. {saved[:3]}, module expects e.g. "
