@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "restoring": 5,
     "folders": 5,
     "administration": 5,
+    "reading": 5,
     "copying": 5,
     "tiers": 5,
     "maintenance": 5,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from . import commands as _commands  # noqa: F401  (registers the commands on the group)
+from . import moving as _moving  # noqa: F401  (copy, sync, demo)
 from .app import cli, main
 from .parsing import parse_duration, parse_selector, parse_storage_options
 
