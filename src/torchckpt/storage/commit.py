@@ -21,14 +21,27 @@ import logging
 import posixpath
 import secrets
 from abc import ABC, abstractmethod
-from typing import IO, TYPE_CHECKING
+from contextlib import AbstractContextManager
+from typing import IO, Protocol
 
 from ..layout import STAGING_PREFIX
 
-if TYPE_CHECKING:
-    from .base import Storage
-
 log = logging.getLogger(__name__)
+
+
+class Publishable(Protocol):
+    """What commit strategies need from a storage backend (``storage.base.Storage`` provides it).
+
+    A protocol rather than an import of ``Storage``: the base class builds its
+    ``VersionWriter`` from this module, so this module must not depend on it back.
+    """
+
+    def open_write(self, rel: str) -> IO[bytes]: ...
+    def write_bytes(self, rel: str, data: bytes) -> None: ...
+    def publish_folder(self, work_dir: str, rel_dir: str) -> None: ...
+    def remove(self, rels: list[str], *, recursive: bool = True) -> None: ...
+    def errors(self, what: str, rel: str = "") -> AbstractContextManager[None]: ...
+    def url(self, rel: str = "") -> str: ...
 
 
 class CommitStrategy(ABC):
@@ -46,7 +59,7 @@ class CommitStrategy(ABC):
         """
 
     @abstractmethod
-    def commit(self, storage: Storage, work_dir: str, rel_dir: str, meta_name: str, meta: bytes) -> None:
+    def commit(self, storage: Publishable, work_dir: str, rel_dir: str, meta_name: str, meta: bytes) -> None:
         """Write the ``meta.json`` marker and publish the folder.
 
         Raises:
@@ -60,7 +73,7 @@ class MarkerLast(CommitStrategy):
     def work_dir(self, rel_dir: str) -> str:
         return rel_dir
 
-    def commit(self, storage: Storage, work_dir: str, rel_dir: str, meta_name: str, meta: bytes) -> None:
+    def commit(self, storage: Publishable, work_dir: str, rel_dir: str, meta_name: str, meta: bytes) -> None:
         storage.write_bytes(posixpath.join(rel_dir, meta_name), meta)
 
 
@@ -71,7 +84,7 @@ class RenameIntoPlace(CommitStrategy):
         parent, name = posixpath.split(rel_dir)
         return posixpath.join(parent, f"{STAGING_PREFIX}{name}-{secrets.token_hex(3)}")
 
-    def commit(self, storage: Storage, work_dir: str, rel_dir: str, meta_name: str, meta: bytes) -> None:
+    def commit(self, storage: Publishable, work_dir: str, rel_dir: str, meta_name: str, meta: bytes) -> None:
         with storage.open_write(posixpath.join(work_dir, meta_name)) as f:
             f.write(meta)
         storage.publish_folder(work_dir, rel_dir)
@@ -87,7 +100,7 @@ class VersionWriter:
     """
 
     def __init__(
-        self, storage: Storage, rel_dir: str, strategy: CommitStrategy, *, work_dir: str | None = None
+        self, storage: Publishable, rel_dir: str, strategy: CommitStrategy, *, work_dir: str | None = None
     ) -> None:
         self.storage = storage
         self.rel_dir = rel_dir
