@@ -343,45 +343,6 @@ def fetch(fs: Any, path: str, size: int, *, concurrency: int | None = None) -> b
     return buf
 
 
-class BufferReader(io.RawIOBase):
-    """A seekable reader over a bytes-like object without copying it (unlike ``BytesIO(bytearray)``)."""
-
-    def __init__(self, data: Any) -> None:
-        super().__init__()
-        self._view = memoryview(data).cast("B")
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, b: Any) -> int:
-        out = memoryview(b).cast("B")
-        n = max(0, min(len(out), len(self._view) - self._pos))
-        out[:n] = self._view[self._pos : self._pos + n]
-        self._pos += n
-        return n
-
-    def read(self, size: int | None = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._pos + size)
-        data = bytes(self._view[self._pos : end]) if end > self._pos else b""
-        self._pos = max(self._pos, end)
-        return data
-
-    def getbuffer(self) -> memoryview:
-        return self._view
-
-
 class ChainReader(io.RawIOBase):
     """A seekable reader over several bytes-like segments in a row, without joining them."""
 
@@ -429,6 +390,20 @@ class ChainReader(io.RawIOBase):
     def read(self, size: int | None = -1) -> bytes:
         left = max(0, self._size - self._pos)
         n = left if size is None or size < 0 else min(size, left)
+        if n == 0:
+            return b""
+        i = bisect.bisect_right(self._starts, self._pos) - 1
+        seg, off = self._segs[i], self._pos - self._starts[i]
+        if off + n <= len(seg):  # within one segment: one copy, straight out of it
+            self._pos += n
+            return bytes(seg[off : off + n])
         buf = bytearray(n)
         got = self.readinto(buf)
         return bytes(buf[:got]) if got < n else bytes(buf)
+
+
+class BufferReader(ChainReader):
+    """A seekable reader over one bytes-like object without copying it (unlike ``BytesIO(bytearray)``)."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__([data])
